@@ -1,0 +1,103 @@
+"""Validated settings: what the rest of syncd is configured with (``syncd.config`` builds them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+DATA_CENTERS: dict[str, tuple[str, str]] = {
+    # data_center: (api_domain, accounts_url)
+    "com": ("https://www.zohoapis.com", "https://accounts.zoho.com"),
+    "eu": ("https://www.zohoapis.eu", "https://accounts.zoho.eu"),
+    "in": ("https://www.zohoapis.in", "https://accounts.zoho.in"),
+    "com.au": ("https://www.zohoapis.com.au", "https://accounts.zoho.com.au"),
+    "jp": ("https://www.zohoapis.jp", "https://accounts.zoho.jp"),
+    "ca": ("https://www.zohoapis.ca", "https://accounts.zohocloud.ca"),
+    "sa": ("https://www.zohoapis.sa", "https://accounts.zoho.sa"),
+    "com.cn": ("https://www.zohoapis.com.cn", "https://accounts.zoho.com.cn"),
+}
+
+
+class Secret:
+    """A password or token: prints as ``'***'`` everywhere, ``reveal()`` gives the value."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+@dataclass(frozen=True)
+class CrmSettings:
+    client_id: str
+    client_secret: Secret
+    refresh_token: Secret
+    data_center: str = "com"
+    api_version: str = "v8"
+    api_domain: str | None = None
+    """Fixed API domain; None means: use the one the token response names (else the data centre's)."""
+    accounts_url: str = "https://accounts.zoho.com"
+    modules: tuple[str, ...] = ("Contacts", "Leads")
+    timeout: float = 30.0
+    ca_file: Path | None = None
+    """Extra CA bundle to trust (a proxy or a local test server with its own CA)."""
+
+
+@dataclass(frozen=True)
+class LedgerSettings:
+    path: Path
+
+
+@dataclass(frozen=True)
+class MailboxSettings:
+    name: str
+    host: str = ""
+    port: int = 993
+    security: Literal["tls", "starttls", "none"] = "tls"
+    username: str = ""
+    password: Secret = field(default_factory=lambda: Secret(""))
+    folders: tuple[str, ...] = ("INBOX",)
+    sent_folders: tuple[str, ...] | None = None
+    """None: discover the folders marked ``\\Sent`` (SPECIAL-USE)."""
+    poll_interval: float = 60.0
+    addresses: tuple[str, ...] = ()
+    """The mailbox's own addresses (lower-cased); mail from them is sent mail."""
+    allow_insecure: bool = False
+    ca_file: Path | None = None
+    timeout: float = 60.0
+    batch_size: int = 50
+    max_message_size: int = 25 * 1024 * 1024
+    maildir: Path | None = None
+    """A local Maildir instead of IMAP (demo, archive import): its folders are ``folders``."""
+    mbox: Path | None = None
+    """A local mbox file instead of IMAP (archive import): one folder named after the file."""
+    source_file: str = ""
+    """The file this mailbox was configured in, for error messages."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    crm: CrmSettings
+    ledger: LedgerSettings
+    mailboxes: tuple[MailboxSettings, ...]
+    source_file: str = ""
+    demo: bool = False
+    """True when no configuration was found and the built-in sandbox and sample mailbox are used."""
