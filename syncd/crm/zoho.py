@@ -1,0 +1,308 @@
+"""Zoho CRM over HTTP: the ``Crm`` protocol on one pooled, TLS-verified ``httpx.Client``.
+
+Every httpx exception and every Zoho error answer is translated here, once, into
+``syncd.errors``. Reads are retried a few times; ``associate_email`` never is, because
+only the caller knows whether resending an email whose outcome is unknown is safe.
+"""
+
+from __future__ import annotations
+
+import random
+import ssl
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from syncd.crm import Associated, Record, Upload
+from syncd.crm.auth import TokenManager
+from syncd.errors import CrmError, CrmOrgError, CrmOutcomeUnknown, CrmRejected, CrmTransientError
+from syncd.settings import CrmSettings
+
+FILES_PER_UPLOAD = 10
+SEARCH_PAGE_SIZE = 200
+SEARCH_MAX_PAGES = 10
+READ_ATTEMPTS = 4
+_MAX_BACKOFF = 30.0
+
+_TOKEN_EXPIRED = frozenset({"INVALID_TOKEN", "AUTHENTICATION_FAILURE"})
+_ORG_CODES = frozenset({"OAUTH_SCOPE_MISMATCH", "NO_PERMISSION", "STORAGE_SPACE_EXCEEDS", "LICENSE_LIMIT_EXCEEDED"})
+_NAME_FIELDS = ("Full_Name", "Last_Name", "Account_Name", "Deal_Name")
+
+
+class _ExpiredToken(Exception):
+    """Internal: Zoho refused the access token; refresh and send again."""
+
+
+class ZohoCrm:
+    """A connected Zoho CRM org; safe to share between threads."""
+
+    def __init__(
+        self,
+        settings: CrmSettings,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self._settings = settings
+        self._sleep = sleep
+        self._http = httpx.Client(
+            transport=transport,
+            verify=_tls_context(settings),
+            timeout=settings.timeout,
+            headers={"User-Agent": "syncd"},
+        )
+        self._calls: Counter[str] = Counter()
+        self._calls_lock = threading.Lock()
+        self._tokens = TokenManager(settings, self._fetch_token)
+
+    def __repr__(self) -> str:
+        return f"ZohoCrm(client_id={self._settings.client_id!r}, api_domain={self._tokens.api_domain!r})"
+
+    @property
+    def calls(self) -> Mapping[str, int]:
+        """API calls made so far, by endpoint name (a snapshot)."""
+        with self._calls_lock:
+            return dict(self._calls)
+
+    # -- the Crm protocol ------------------------------------------------------------------
+
+    def search_by_email(self, module: str, address: str) -> list[Record]:
+        """Zoho's search returns candidates (any email field, loosely): keep exact matches only."""
+        wanted = address.strip().casefold()
+        found: list[Record] = []
+        for page in range(1, SEARCH_MAX_PAGES + 1):
+            params = {"email": address.strip(), "page": page, "per_page": SEARCH_PAGE_SIZE}
+            answer = self._read("search", "GET", f"{module}/search", params=params)
+            for item in answer.get("data") or []:
+                record = _matching_record(module, item, wanted)
+                if record is not None:
+                    found.append(record)
+            if not (answer.get("info") or {}).get("more_records"):
+                break
+        return found
+
+    def upload_files(self, files: Sequence[Upload], *, inline: bool = False) -> list[str]:
+        """ZFS ids in the order given; ``inline`` marks images referenced from HTML content."""
+        ids: list[str] = []
+        params = {"type": "inline"} if inline else None
+        for chunk in _chunks(files, FILES_PER_UPLOAD):
+            parts = [("file", (f.filename, f.data, f.content_type)) for f in chunk]
+            answer = _json(self._call("files", "POST", "files", params=params, files=parts))
+            items = answer.get("data") or []
+            for item in items:
+                _raise_item_error(item)
+            if len(items) != len(chunk):
+                raise CrmRejected(f"Zoho answered {len(items)} file ids for {len(chunk)} files", code="FILE_COUNT")
+            ids.extend(str(item["details"]["id"]) for item in items)
+        return ids
+
+    def associate_email(self, module: str, record_id: str, email: Mapping[str, Any]) -> Associated:
+        """Never retried here: a lost answer raises CrmOutcomeUnknown and the caller decides."""
+        path = f"{module}/{record_id}/actions/associate_email"
+        try:
+            answer = _json(self._call("associate_email", "POST", path, json={"Emails": [dict(email)]}))
+            item = (answer.get("Emails") or [{}])[0]
+            _raise_item_error(item)
+        except CrmRejected as exc:
+            if exc.code == "DUPLICATE_DATA":
+                return Associated(None, duplicate=True)
+            raise
+        message_id = (item.get("details") or {}).get("message_id")
+        return Associated(str(message_id) if message_id else None)
+
+    def email_available(self, module: str, record_id: str, original_message_id: str) -> bool:
+        """Whether Zoho already holds this message on this record (proof of a past send).
+
+        The spec spells the query parameter ``orginal_message_id``; that is what is sent.
+        """
+        params = {"orginal_message_id": original_message_id}
+        answer = self._read("email_available", "GET", "actions/email_available", params=params)
+        if not answer.get("available"):
+            return False
+        record = answer.get("record") or {}
+        if not record.get("id"):
+            return True
+        module_name = (record.get("module") or {}).get("api_name", module)
+        return str(record["id"]) == record_id and module_name == module
+
+    def check(self) -> str:
+        """Token refresh plus one cheap read, described in one line."""
+        answer = self._read("users", "GET", "users", params={"type": "CurrentUser"})
+        users = answer.get("users") or [{}]
+        return f"Zoho CRM at {self._tokens.api_domain} as {users[0].get('email', '?')}"
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ZohoCrm:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- HTTP plumbing ---------------------------------------------------------------------
+
+    def _read(self, name: str, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """An idempotent call: transient faults (even unknown outcomes) are retried with backoff."""
+        attempt = 0
+        while True:
+            try:
+                return _json(self._call(name, method, path, **kwargs))
+            except CrmTransientError as exc:
+                attempt += 1
+                if attempt >= READ_ATTEMPTS:
+                    raise
+                delay = min(_MAX_BACKOFF, exc.retry_after or 0.5 * 2**attempt)
+                self._sleep(delay + random.uniform(0, delay / 2))
+
+    def _call(self, name: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One API call; an expired token is refreshed once and the call repeated once."""
+        token = self._tokens.token()
+        try:
+            return self._send_api(name, method, path, token, **kwargs)
+        except _ExpiredToken:
+            self._tokens.invalidate(token)
+        token = self._tokens.token()
+        try:
+            return self._send_api(name, method, path, token, **kwargs)
+        except _ExpiredToken:
+            raise CrmOrgError("Zoho refused a freshly refreshed access token", code="INVALID_TOKEN", status=401) from None
+
+    def _send_api(self, name: str, method: str, path: str, token: str, **kwargs: Any) -> httpx.Response:
+        url = f"{self._tokens.api_domain}/crm/{self._settings.api_version}/{path}"
+        headers = {"Authorization": f"Zoho-oauthtoken {token}"}
+        response = self._send(name, method, url, headers=headers, **kwargs)
+        if response.status_code < 300:
+            return response
+        code, message = _error_of(response)
+        if response.status_code == 401 and code in _TOKEN_EXPIRED:
+            raise _ExpiredToken()
+        raise _classify(response, code, message)
+
+    def _fetch_token(self, form: Mapping[str, str]) -> Mapping[str, Any]:
+        url = f"{self._settings.accounts_url.rstrip('/')}/oauth/v2/token"
+        response = self._send("token", "POST", url, data=dict(form))
+        if response.status_code == 429 or response.status_code >= 500:
+            raise _classify(response, *_error_of(response))
+        try:
+            answer = response.json()
+        except ValueError:
+            raise CrmTransientError(
+                f"Zoho's token endpoint answered HTTP {response.status_code} without JSON",
+                status=response.status_code,
+            ) from None
+        return answer if isinstance(answer, dict) else {}
+
+    def _send(self, name: str, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """The only place httpx is called: its exceptions become syncd errors here."""
+        with self._calls_lock:
+            self._calls[name] += 1
+        try:
+            return self._http.request(method, url, **kwargs)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                raise CrmOrgError(
+                    f"TLS certificate of {httpx.URL(url).host} not trusted: set crm.ca_file to its CA bundle",
+                    code="TLS",
+                ) from None
+            # Nothing was sent: resending anything is safe.
+            raise CrmTransientError(f"cannot reach Zoho ({name}): {type(exc).__name__}: {exc}") from None
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+            raise CrmOrgError(f"bad Zoho URL for {name}: {exc} (check crm.api_domain / crm.accounts_url)") from None
+        except httpx.HTTPError as exc:
+            # The request (or part of it) left: Zoho may have applied it.
+            raise CrmOutcomeUnknown(f"no answer from Zoho ({name}): {type(exc).__name__}: {exc}") from None
+
+
+def _tls_context(settings: CrmSettings) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    if settings.ca_file is not None:
+        context.load_verify_locations(cafile=str(settings.ca_file))
+    return context
+
+
+def _chunks(items: Sequence[Upload], size: int) -> Iterator[Sequence[Upload]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    """A success body as a dict; 204 (Zoho's "nothing found") is an empty one."""
+    if response.status_code == 204 or not response.content:
+        return {}
+    try:
+        answer = response.json()
+    except ValueError:
+        raise CrmTransientError(
+            f"Zoho answered HTTP {response.status_code} with a body that is not JSON", status=response.status_code
+        ) from None
+    return answer if isinstance(answer, dict) else {}
+
+
+def _error_of(response: httpx.Response) -> tuple[str, str]:
+    """Zoho's (code, message) from either envelope: top-level, or the first item of a wrapped list."""
+    try:
+        body = response.json()
+    except ValueError:
+        return "", response.text.strip()[:200] or response.reason_phrase
+    if isinstance(body, dict):
+        if "code" in body:
+            return _code_and_message(body)
+        for value in body.values():
+            if isinstance(value, list) and value and isinstance(value[0], dict) and "code" in value[0]:
+                return _code_and_message(value[0])
+    return "", str(body)[:200]
+
+
+def _code_and_message(item: Mapping[str, Any]) -> tuple[str, str]:
+    message = str(item.get("message") or "")
+    details = item.get("details")
+    if details:
+        message = f"{message} {details}".strip()
+    return str(item.get("code") or ""), message
+
+
+def _raise_item_error(item: Mapping[str, Any]) -> None:
+    """Zoho can report a failed item inside a 2xx answer: treat it like the 400 it stands for."""
+    if item.get("status") == "error":
+        code, message = _code_and_message(item)
+        raise _classify_code(400, code, message)
+
+
+def _classify(response: httpx.Response, code: str, message: str) -> CrmError:
+    status = response.status_code
+    if status == 429 or code == "TOO_MANY_REQUESTS":
+        retry_after = _retry_after(response.headers.get("Retry-After"))
+        return CrmTransientError(
+            f"Zoho rate limit (HTTP {status} {code}): {message}", code=code, status=status, retry_after=retry_after
+        )
+    if status >= 500:
+        return CrmTransientError(f"Zoho server error HTTP {status} {code}: {message}", code=code, status=status)
+    return _classify_code(status, code, message)
+
+
+def _classify_code(status: int, code: str, message: str) -> CrmError:
+    text = f"Zoho answered HTTP {status} {code}: {message}"
+    if status in (401, 403) or code in _ORG_CODES:
+        return CrmOrgError(text, code=code, status=status)
+    return CrmRejected(text, code=code, status=status)
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+def _matching_record(module: str, item: Mapping[str, Any], wanted: str) -> Record | None:
+    """The record if one of its email fields is exactly ``wanted`` (case-insensitively)."""
+    for key, value in item.items():
+        if "email" in key.lower() and isinstance(value, str) and value.strip().casefold() == wanted:
+            name = next((item[k] for k in _NAME_FIELDS if isinstance(item.get(k), str) and item[k]), "")
+            return Record(module=module, id=str(item.get("id", "")), name=name, email=value.strip())
+    return None
