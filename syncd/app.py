@@ -1,0 +1,70 @@
+"""Wiring: one CRM client, one ledger, one matcher, and a MailboxSync per configured mailbox."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import structlog
+
+from syncd.associate import Deliverer
+from syncd.crm import Crm
+from syncd.crm.zoho import ZohoCrm
+from syncd.errors import SyncdError
+from syncd.ledger.sqlite import SqliteLedger
+from syncd.log import redact
+from syncd.match import Matcher
+from syncd.pipeline import MailboxSync, PassReport
+from syncd.settings import MailboxSettings, Settings
+from syncd.source import MailSource, open_source
+
+log = structlog.get_logger("syncd.app")
+
+
+class App:
+    """Everything one syncd process holds open; ``close`` releases it."""
+
+    def __init__(self, settings: Settings, *, stopping: threading.Event | None = None,
+                 source_factory: Callable[[MailboxSettings], MailSource] = open_source,
+                 crm: Crm | None = None):
+        self.settings = settings
+        self.stopping = stopping or threading.Event()
+        redact(settings.crm.client_secret.reveal(), settings.crm.refresh_token.reveal(),
+               *(m.password.reveal() for m in settings.mailboxes))
+        self.ledger = SqliteLedger(settings.ledger.path)
+        self.crm = crm or ZohoCrm(settings.crm)
+        matcher = Matcher(self.crm, settings.crm.modules)
+        self.syncs = {
+            m.name: MailboxSync(
+                m, ledger=self.ledger, matcher=matcher,
+                deliverer=Deliverer(self.crm, self.ledger, mailbox=m.name),
+                stopping=self.stopping, source_factory=source_factory,
+            )
+            for m in settings.mailboxes
+        }
+
+    def safe_pass(self, name: str) -> PassReport:
+        """One pass of one mailbox that never raises: failures land in the report and the log."""
+        try:
+            return self.syncs[name].run_pass()
+        except SyncdError as exc:
+            log.error("pass_failed", mailbox=name, error=str(exc), kind=type(exc).__name__)
+            report = PassReport(name)
+            report.errors.append(str(exc))
+            return report
+        except Exception as exc:  # a bug must not kill the daemon: log it whole, go on
+            log.exception("pass_crashed", mailbox=name, error=repr(exc))
+            report = PassReport(name)
+            report.errors.append(f"internal error: {exc!r}")
+            return report
+
+    def once(self, names: list[str] | None = None) -> list[PassReport]:
+        """One pass over the named (default: every) mailbox, in parallel; reports in config order."""
+        names = names or list(self.syncs)
+        with ThreadPoolExecutor(max_workers=max(1, len(names)), thread_name_prefix="mailbox") as pool:
+            return list(pool.map(self.safe_pass, names))
+
+    def close(self) -> None:
+        self.crm.close()
+        self.ledger.close()

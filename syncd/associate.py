@@ -1,0 +1,138 @@
+"""Upload and associate: deliver one Email to one CRM record, exactly once.
+
+Order is what makes it safe: claim in the ledger (durable ``pending``), upload the
+files (ids are single-use, so every attempt uploads afresh), associate, record the
+outcome. A crash anywhere leaves ``pending``; the resend that follows is answered
+``DUPLICATE_DATA`` by Zoho if the first attempt had landed.
+"""
+
+from __future__ import annotations
+
+import html
+import random
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+
+import structlog
+
+from syncd.crm import Crm, Record, Upload
+from syncd.crm.payload import email_payload
+from syncd.email import Attachment, Email
+from syncd.errors import CrmOrgError, CrmOutcomeUnknown, CrmRejected, CrmTransientError
+from syncd.ledger import Claim, DeliveryKey, State
+from syncd.ledger.sqlite import SqliteLedger
+
+log = structlog.get_logger("syncd.associate")
+
+MAX_TOTAL_ATTACHMENTS = 10 * 1024 * 1024
+"""Zoho refuses more than 10 MB of files on one associated email (FILE_SIZE_EXCEEDS)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The outcome of one step for a message or delivery: a ledger state and why."""
+
+    state: State
+    reason: str = ""
+    retry_at: datetime | None = None
+
+
+def backoff(attempt: int, *, base: float = 30.0, cap: float = 3600.0) -> datetime:
+    """When to try again: exponential in the attempt number, capped, with full jitter."""
+    delay = min(cap, base * 2 ** max(0, attempt - 1))
+    return datetime.now(UTC) + timedelta(seconds=random.uniform(delay / 2, delay))
+
+
+def fit_attachments(email: Email) -> Email:
+    """Keep the files that fit Zoho's 10 MB, in order; list the others in a note at the end of the body."""
+    kept: list[Attachment] = []
+    dropped: list[Attachment] = []
+    total = 0
+    for att in email.attachments:
+        if total + len(att.data) <= MAX_TOTAL_ATTACHMENTS:
+            kept.append(att)
+            total += len(att.data)
+        else:
+            dropped.append(att)
+    if not dropped:
+        return email
+    lines = [f"{a.filename} ({len(a.data):,} bytes)" for a in dropped]
+    head = "[syncd] Not attached here, over Zoho's 10 MB limit (still in the mailbox):"
+    if email.mail_format == "html":
+        items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+        note = f"<hr><p>{html.escape(head)}</p><ul>{items}</ul>"
+    else:
+        note = "\n\n-- \n" + head + "\n" + "\n".join(f"- {line}" for line in lines)
+    return replace(email, attachments=tuple(kept), content=email.content + note)
+
+
+class Deliverer:
+    """Delivers emails to records for one mailbox, keeping the ledger in step with the CRM."""
+
+    def __init__(self, crm: Crm, ledger: SqliteLedger, *, mailbox: str, owner_id: str | None = None):
+        self._crm = crm
+        self._ledger = ledger
+        self._mailbox = mailbox
+        self._owner_id = owner_id
+
+    def deliver(self, email: Email, record: Record, *, sent: bool) -> Verdict:
+        """Associate ``email`` with ``record`` unless the ledger says it already was.
+
+        Raises CrmOrgError (after recording the delivery for retry): no further CRM call can succeed.
+        """
+        key = DeliveryKey(email.message_id, record.module, record.id)
+        claim, row = self._ledger.claim(key, mailbox=self._mailbox)
+        if claim is Claim.FINAL:
+            assert row is not None
+            return Verdict(row.state, row.reason or "already in the ledger")
+        if claim is Claim.BUSY:
+            return Verdict(State.RETRY, "being delivered by another mailbox", backoff(1, base=5))
+        attempts = (row.attempts if row else 0) + 1
+        if claim is Claim.RESEND:
+            log.info("resend_unknown_outcome", module=record.module, record_id=record.id)
+        try:
+            payload = self._payload(fit_attachments(email), sent=sent)
+            result = self._crm.associate_email(record.module, record.id, payload)
+        except CrmRejected as exc:
+            reason = f"{exc.code or 'rejected'}: {exc}"
+            self._ledger.finish(key, State.QUARANTINED, reason=reason)
+            return Verdict(State.QUARANTINED, reason)
+        except CrmOutcomeUnknown as exc:
+            # It may have landed: keep the row pending so the next attempt is a RESEND.
+            self._ledger.release(key)
+            return Verdict(State.RETRY, f"outcome unknown: {exc}", backoff(attempts))
+        except CrmTransientError as exc:
+            self._ledger.finish(key, State.RETRY, reason=str(exc))
+            wait = exc.retry_after and datetime.now(UTC) + timedelta(seconds=exc.retry_after)
+            return Verdict(State.RETRY, str(exc), wait or backoff(attempts))
+        except CrmOrgError as exc:
+            self._ledger.finish(key, State.RETRY, reason=f"{exc.code}: {exc}")
+            raise
+        except BaseException:
+            self._ledger.release(key)
+            raise
+        if result.duplicate:
+            self._ledger.finish(key, State.DUPLICATE, reason="Zoho already had it (DUPLICATE_DATA)")
+            return Verdict(State.DUPLICATE, "Zoho already had it")
+        self._ledger.finish(key, State.DONE, zoho_message_id=result.zoho_message_id)
+        return Verdict(State.DONE)
+
+    def _payload(self, email: Email, *, sent: bool) -> dict:
+        inline = [a for a in email.attachments if a.inline and email.mail_format == "html"]
+        files = [a for a in email.attachments if a not in inline]
+        inline_ids = self._upload(inline, inline=True)
+        file_ids = self._upload(files, inline=False)
+        return email_payload(
+            email,
+            sent=sent,
+            attachments=[(a.filename, fid) for a, fid in zip(files, file_ids)],
+            inline_ids={a.content_id: fid for a, fid in zip(inline, inline_ids) if a.content_id},
+            owner_id=self._owner_id,
+        )
+
+    def _upload(self, attachments: list[Attachment], *, inline: bool) -> list[str]:
+        if not attachments:
+            return []
+        return self._crm.upload_files(
+            [Upload(a.filename, a.data, a.content_type) for a in attachments], inline=inline
+        )

@@ -1,0 +1,322 @@
+"""Load the TOML configuration into ``Settings``, reporting every problem at once.
+
+Sources, in order: the main file (``-c``, ``$SYNCD_CONFIG``, ``/etc/syncd/syncd.toml``),
+then ``mailboxes.d/*.toml`` beside it (one ``[mailbox]`` table each). Secrets come from
+the key itself, a ``*_file`` key, a systemd credential or an environment variable
+(``SYNCD_CRM_CLIENT_SECRET``, ``SYNCD_CRM_REFRESH_TOKEN``, ``SYNCD_MAILBOX_<NAME>_PASSWORD``).
+Every problem names the file, the key and the fix; the CLI exits 2 on them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from syncd.errors import ConfigError, Problem
+from syncd.settings import (
+    DATA_CENTERS,
+    CrmSettings,
+    LedgerSettings,
+    MailboxSettings,
+    Secret,
+    Settings,
+)
+
+DEFAULT_PATH = Path("/etc/syncd/syncd.toml")
+DEFAULT_LEDGER = Path("/var/lib/syncd/ledger.sqlite3")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+
+class _CrmTable(_Strict):
+    data_center: Literal["com", "eu", "in", "com.au", "jp", "ca", "sa", "com.cn"] = "com"
+    client_id: str = ""
+    client_secret: str | None = None
+    client_secret_file: str | None = None
+    refresh_token: str | None = None
+    refresh_token_file: str | None = None
+    api_version: str = Field("v8", pattern=r"^v\d+$")
+    api_domain: str | None = Field(None, pattern=r"^https?://[^/\s]+$")
+    accounts_url: str | None = Field(None, pattern=r"^https?://[^/\s]+$")
+    modules: list[str] = Field(default_factory=lambda: ["Contacts", "Leads"], min_length=1)
+    timeout: float = Field(30.0, gt=0)
+    ca_file: str | None = None
+
+
+class _LedgerTable(_Strict):
+    path: str = str(DEFAULT_LEDGER)
+
+
+class _MailboxTable(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    host: str = ""
+    port: int | None = Field(None, ge=1, le=65535)
+    security: Literal["tls", "starttls", "none"] = "tls"
+    username: str = ""
+    password: str | None = None
+    password_file: str | None = None
+    folders: list[str] = Field(default_factory=lambda: ["INBOX"], min_length=1)
+    sent_folders: list[str] | None = None
+    poll_interval: float = Field(60.0, ge=1)
+    addresses: list[str] = Field(default_factory=list)
+    allow_insecure: bool = False
+    ca_file: str | None = None
+    timeout: float = Field(60.0, gt=0)
+    batch_size: int = Field(50, ge=1, le=1000)
+    max_message_size: int = Field(25 * 1024 * 1024, ge=1024)
+    maildir: str | None = None
+    mbox: str | None = None
+
+
+class _MainFile(_Strict):
+    crm: dict[str, Any] = Field(default_factory=dict)
+    ledger: dict[str, Any] = Field(default_factory=dict)
+    mailbox: list[dict[str, Any]] = Field(default_factory=list)
+
+
+_FIXES = {
+    "missing": "add this key",
+    "extra_forbidden": "remove it, or check its spelling against config/syncd.toml",
+    "string_pattern_mismatch": "see config/syncd.toml for the expected form",
+}
+
+
+def _problems_from(err: ValidationError, file: str, prefix: str) -> list[Problem]:
+    problems = []
+    for e in err.errors():
+        key = ".".join([prefix, *(str(p) for p in e["loc"])]).strip(".")
+        kind = e["type"]
+        if kind == "literal_error":
+            fix = "use one of " + e["ctx"]["expected"]
+        elif kind == "string_pattern_mismatch":
+            fix = f"it must match {e['ctx']['pattern']}"
+        else:
+            fix = _FIXES.get(kind, "correct the value")
+        problems.append(Problem(file, key, e["msg"].lower(), fix))
+    return problems
+
+
+def _read_toml(path: Path, problems: list[Problem]) -> dict[str, Any] | None:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        problems.append(Problem(str(path), "", "file not found", "create it (see config/syncd.toml) or pass -c FILE"))
+    except PermissionError:
+        problems.append(Problem(str(path), "", "permission denied", "make it readable by the user syncd runs as"))
+    except tomllib.TOMLDecodeError as exc:
+        problems.append(Problem(str(path), "", f"not valid TOML: {exc}", "fix the syntax at that line"))
+    except OSError as exc:
+        problems.append(Problem(str(path), "", f"cannot read: {exc.strerror}", "check the path"))
+    return None
+
+
+def _env_name(*parts: str) -> str:
+    return "_".join(re.sub(r"[^A-Za-z0-9]", "_", p).upper() for p in ("SYNCD", *parts))
+
+
+class _SecretReader:
+    """Resolves a secret from key, ``*_file``, systemd credential or environment, in that order."""
+
+    def __init__(self, base: Path, env: Mapping[str, str], problems: list[Problem]):
+        self.base = base
+        self.env = env
+        self.problems = problems
+
+    def __call__(self, table: BaseModel, key: str, *, file: str, prefix: str, env_var: str, credential: str) -> Secret:
+        inline = getattr(table, key)
+        path = getattr(table, f"{key}_file")
+        if inline and path:
+            self.problems.append(
+                Problem(file, f"{prefix}.{key}", f"both {key} and {key}_file are set", f"keep only one of them")
+            )
+        if inline:
+            return Secret(inline)
+        if path:
+            return self._from_file(Path(path), file, f"{prefix}.{key}_file")
+        cred_dir = self.env.get("CREDENTIALS_DIRECTORY")
+        if cred_dir and (Path(cred_dir) / credential).is_file():
+            return self._from_file(Path(cred_dir) / credential, file, f"{prefix}.{key}")
+        if self.env.get(env_var):
+            return Secret(self.env[env_var])
+        self.problems.append(
+            Problem(
+                file,
+                f"{prefix}.{key}",
+                "no value given",
+                f"set {key} or {key}_file, a systemd credential named {credential!r}, or ${env_var}",
+            )
+        )
+        return Secret("")
+
+    def _from_file(self, path: Path, file: str, key: str) -> Secret:
+        path = path if path.is_absolute() else self.base / path
+        try:
+            value = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            self.problems.append(Problem(file, key, f"cannot read {path}: {exc.strerror}", "check the path and its permissions"))
+            return Secret("")
+        if not value:
+            self.problems.append(Problem(file, key, f"{path} is empty", "write the secret into it"))
+        return Secret(value)
+
+
+def _resolve(base: Path, value: str | None) -> Path | None:
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` names this machine only (127.0.0.0/8, ::1, localhost)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
+
+
+def _crm(raw: dict[str, Any], file: str, secret: _SecretReader, problems: list[Problem]) -> CrmSettings | None:
+    try:
+        t = _CrmTable.model_validate(raw)
+    except ValidationError as err:
+        problems.extend(_problems_from(err, file, "crm"))
+        return None
+    client_id = t.client_id or secret.env.get("SYNCD_CRM_CLIENT_ID", "")
+    if not client_id:
+        problems.append(Problem(file, "crm.client_id", "no value given", "set it to your Zoho API client id (1000.XXXX) or set $SYNCD_CRM_CLIENT_ID"))
+    client_secret = secret(t, "client_secret", file=file, prefix="crm", env_var="SYNCD_CRM_CLIENT_SECRET", credential="client_secret")
+    refresh_token = secret(t, "refresh_token", file=file, prefix="crm", env_var="SYNCD_CRM_REFRESH_TOKEN", credential="refresh_token")
+    api_domain, accounts = DATA_CENTERS[t.data_center]
+    return CrmSettings(
+        client_id=client_id,
+        client_secret=client_secret,
+        refresh_token=refresh_token,
+        data_center=t.data_center,
+        api_version=t.api_version,
+        api_domain=t.api_domain.rstrip("/") if t.api_domain else None,
+        accounts_url=(t.accounts_url or accounts).rstrip("/"),
+        modules=tuple(t.modules),
+        timeout=t.timeout,
+        ca_file=_resolve(secret.base, t.ca_file),
+    )
+
+
+def _mailbox(raw: dict[str, Any], file: str, prefix: str, secret: _SecretReader, problems: list[Problem]) -> MailboxSettings | None:
+    try:
+        t = _MailboxTable.model_validate(raw)
+    except ValidationError as err:
+        problems.extend(_problems_from(err, file, prefix))
+        return None
+    local = t.maildir or t.mbox
+    if t.maildir and t.mbox:
+        problems.append(Problem(file, f"{prefix}.mbox", "maildir and mbox are both set", "keep one source per mailbox"))
+    password = Secret("")
+    if not local:
+        for key in ("host", "username"):
+            if not getattr(t, key):
+                problems.append(Problem(file, f"{prefix}.{key}", "no value given", f"set the IMAP {key} of mailbox {t.name!r}"))
+        password = secret(
+            t, "password", file=file, prefix=prefix,
+            env_var=_env_name("MAILBOX", t.name, "PASSWORD"), credential=t.name,
+        )
+        if t.security == "none" and t.host and not t.allow_insecure and not is_loopback(t.host):
+            problems.append(
+                Problem(file, f"{prefix}.security", f"plaintext IMAP to {t.host} would expose the password",
+                        'use security = "tls" or "starttls" (or allow_insecure = true on a trusted network)')
+            )
+    own = [a.strip().lower() for a in t.addresses if a.strip()]
+    if not own and "@" in t.username:
+        own = [t.username.lower()]
+    port = t.port or (993 if t.security == "tls" else 143)
+    return MailboxSettings(
+        name=t.name,
+        host=t.host,
+        port=port,
+        security=t.security,
+        username=t.username,
+        password=password,
+        folders=tuple(t.folders),
+        sent_folders=tuple(t.sent_folders) if t.sent_folders is not None else None,
+        poll_interval=t.poll_interval,
+        addresses=tuple(own),
+        allow_insecure=t.allow_insecure,
+        ca_file=_resolve(secret.base, t.ca_file),
+        timeout=t.timeout,
+        batch_size=t.batch_size,
+        max_message_size=t.max_message_size,
+        maildir=_resolve(secret.base, t.maildir),
+        mbox=_resolve(secret.base, t.mbox),
+        source_file=file,
+    )
+
+
+def load(path: Path, env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the configuration at ``path`` (and its ``mailboxes.d``); raise ConfigError."""
+    env = os.environ if env is None else env
+    problems: list[Problem] = []
+    data = _read_toml(path, problems)
+    if data is None:
+        raise ConfigError(problems)
+    file = str(path)
+    base = path.parent
+    secret = _SecretReader(base, env, problems)
+    try:
+        main = _MainFile.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_problems_from(err, file, "")) from None
+
+    crm = _crm(main.crm, file, secret, problems)
+    try:
+        ledger = LedgerSettings(path=_resolve(base, _LedgerTable.model_validate(main.ledger).path) or DEFAULT_LEDGER)
+    except ValidationError as err:
+        problems.extend(_problems_from(err, file, "ledger"))
+        ledger = None
+
+    mailboxes = [_mailbox(m, file, f"mailbox[{i}]", secret, problems) for i, m in enumerate(main.mailbox)]
+    for extra in sorted((base / "mailboxes.d").glob("*.toml")):
+        doc = _read_toml(extra, problems)
+        if doc is None:
+            continue
+        if set(doc) != {"mailbox"} or not isinstance(doc["mailbox"], dict):
+            problems.append(Problem(str(extra), "", "must hold exactly one [mailbox] table", "move other tables to the main file"))
+            continue
+        mailboxes.append(_mailbox(doc["mailbox"], str(extra), "mailbox", secret, problems))
+
+    found = [m for m in mailboxes if m is not None]
+    if not mailboxes:
+        problems.append(Problem(file, "mailbox", "no mailbox configured", "add a [[mailbox]] table or a file in mailboxes.d/"))
+    seen: dict[str, str] = {}
+    for m in found:
+        if m.name in seen:
+            problems.append(Problem(m.source_file, "mailbox.name", f"{m.name!r} is also defined in {seen[m.name]}", "give each mailbox its own name"))
+        seen.setdefault(m.name, m.source_file)
+    if problems:
+        raise ConfigError(problems)
+    assert crm is not None and ledger is not None
+    return Settings(crm=crm, ledger=ledger, mailboxes=tuple(found), source_file=file)
+
+
+def locate(option: str | None, env: Mapping[str, str] | None = None) -> tuple[Path, bool]:
+    """The config path to use and whether it was asked for explicitly (``-c`` or ``$SYNCD_CONFIG``)."""
+    env = os.environ if env is None else env
+    if option:
+        return Path(option), True
+    if env.get("SYNCD_CONFIG"):
+        return Path(env["SYNCD_CONFIG"]), True
+    return DEFAULT_PATH, False

@@ -1,0 +1,269 @@
+"""The ledger in one SQLite file: WAL, ``synchronous=FULL``, mode 0600, versioned schema.
+
+One connection serves every thread behind a lock: writes are tiny and must be
+serialised anyway, and it keeps claim's read-then-write atomic.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from syncd.errors import LedgerError
+from syncd.ledger import (
+    FINAL,
+    Checkpoint,
+    Claim,
+    DeliveryKey,
+    DeliveryRow,
+    MessageKey,
+    MessageRow,
+    State,
+)
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    mailbox TEXT NOT NULL, folder TEXT NOT NULL,
+    uidvalidity INTEGER NOT NULL, last_uid INTEGER NOT NULL, updated TEXT NOT NULL,
+    PRIMARY KEY (mailbox, folder));
+CREATE TABLE IF NOT EXISTS messages (
+    mailbox TEXT NOT NULL, folder TEXT NOT NULL, uidvalidity INTEGER NOT NULL, uid INTEGER NOT NULL,
+    message_id TEXT NOT NULL, state TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
+    subject TEXT NOT NULL DEFAULT '', sender TEXT NOT NULL DEFAULT '',
+    attempts INTEGER NOT NULL DEFAULT 0, retry_at TEXT, updated TEXT NOT NULL,
+    PRIMARY KEY (mailbox, folder, uidvalidity, uid));
+CREATE INDEX IF NOT EXISTS messages_by_id ON messages (message_id);
+CREATE INDEX IF NOT EXISTS messages_by_state ON messages (state, mailbox);
+CREATE TABLE IF NOT EXISTS deliveries (
+    message_id TEXT NOT NULL, module TEXT NOT NULL, record_id TEXT NOT NULL,
+    state TEXT NOT NULL, zoho_message_id TEXT, reason TEXT NOT NULL DEFAULT '',
+    attempts INTEGER NOT NULL DEFAULT 0, mailbox TEXT NOT NULL, updated TEXT NOT NULL,
+    PRIMARY KEY (message_id, module, record_id));
+"""
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+class SqliteLedger:
+    """The ``Ledger`` over SQLite. Open it with ``SqliteLedger(path)``; ``close`` when done."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()
+        self._inflight: set[DeliveryKey] = set()
+        self._db = self._open(path)
+
+    def _open(self, path: Path) -> sqlite3.Connection:
+        fix = f"move {path} aside and restore a backup, or delete it to start afresh (Zoho's DUPLICATE_DATA then prevents re-sends)"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not path.exists():
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(_SCHEMA)
+            row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"ledger {path} is unreadable or corrupt ({exc}): {fix}") from None
+        except OSError as exc:
+            raise LedgerError(f"cannot open ledger {path}: {exc.strerror}; check [ledger] path and its directory's permissions") from None
+        if row is None:
+            db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) > SCHEMA_VERSION:
+            raise LedgerError(f"ledger {path} has schema {row[0]}, newer than this syncd ({SCHEMA_VERSION}): upgrade syncd")
+        return db
+
+    def _run(self, sql: str, params: Sequence[object] = ()) -> sqlite3.Cursor:
+        try:
+            return self._db.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise LedgerError(f"ledger {self.path}: {exc}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # --- folders -------------------------------------------------------------------------
+
+    def checkpoint(self, mailbox: str, folder: str) -> Checkpoint | None:
+        with self._lock:
+            row = self._run(
+                "SELECT uidvalidity, last_uid FROM checkpoints WHERE mailbox=? AND folder=?", (mailbox, folder)
+            ).fetchone()
+        return Checkpoint(*row) if row else None
+
+    def set_checkpoint(self, mailbox: str, folder: str, checkpoint: Checkpoint) -> None:
+        with self._lock:
+            self._run(
+                "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?) ON CONFLICT (mailbox, folder) DO UPDATE SET "
+                "uidvalidity=excluded.uidvalidity, last_uid=excluded.last_uid, updated=excluded.updated",
+                (mailbox, folder, checkpoint.uidvalidity, checkpoint.last_uid, _now()),
+            )
+
+    # --- messages ------------------------------------------------------------------------
+
+    _MSG_COLS = "mailbox, folder, uidvalidity, uid, message_id, state, reason, subject, sender, attempts, retry_at, updated"
+
+    @staticmethod
+    def _message(row: tuple) -> MessageRow:
+        return MessageRow(
+            MessageKey(*row[:4]), row[4], State(row[5]), row[6], row[7], row[8], row[9], _dt(row[10]), _dt(row[11])
+        )
+
+    def message_states(self, mailbox: str, folder: str, uidvalidity: int, uids: Sequence[int]) -> dict[int, MessageRow]:
+        found: dict[int, MessageRow] = {}
+        for start in range(0, len(uids), 500):
+            chunk = list(uids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            with self._lock:
+                rows = self._run(
+                    f"SELECT {self._MSG_COLS} FROM messages WHERE mailbox=? AND folder=? AND uidvalidity=? AND uid IN ({marks})",
+                    (mailbox, folder, uidvalidity, *chunk),
+                ).fetchall()
+            found.update((r[3], self._message(r)) for r in rows)
+        return found
+
+    def due(self, mailbox: str, folder: str, uidvalidity: int, now: datetime) -> list[int]:
+        """UIDs in RETRY whose time has come (manual retries may sit below the checkpoint)."""
+        with self._lock:
+            rows = self._run(
+                "SELECT uid FROM messages WHERE mailbox=? AND folder=? AND uidvalidity=? AND state=? "
+                "AND (retry_at IS NULL OR retry_at <= ?) ORDER BY uid",
+                (mailbox, folder, uidvalidity, State.RETRY, now.astimezone(UTC).isoformat(timespec="seconds")),
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def record_message(
+        self, key: MessageKey, *, message_id: str, state: State, reason: str = "",
+        subject: str = "", sender: str = "", retry_at: datetime | None = None,
+    ) -> None:
+        retry = retry_at.astimezone(UTC).isoformat(timespec="seconds") if retry_at else None
+        with self._lock:
+            self._run(
+                f"INSERT INTO messages ({self._MSG_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?) "
+                "ON CONFLICT (mailbox, folder, uidvalidity, uid) DO UPDATE SET message_id=excluded.message_id, "
+                "state=excluded.state, reason=excluded.reason, subject=excluded.subject, sender=excluded.sender, "
+                "attempts=messages.attempts + 1, retry_at=excluded.retry_at, updated=excluded.updated",
+                (key.mailbox, key.folder, key.uidvalidity, key.uid, message_id, state, reason[:2000],
+                 subject, sender, retry, _now()),
+            )
+
+    def messages(self, *, mailbox: str | None = None, states: Iterable[State] = (), message_id: str | None = None,
+                 limit: int | None = None) -> list[MessageRow]:
+        where, params = self._filter(mailbox=mailbox, states=states, message_id=message_id)
+        sql = f"SELECT {self._MSG_COLS} FROM messages{where} ORDER BY updated DESC, mailbox, folder, uid"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        with self._lock:
+            return [self._message(r) for r in self._run(sql, params).fetchall()]
+
+    def counts(self) -> dict[tuple[str, State], int]:
+        """Messages per (mailbox, state)."""
+        with self._lock:
+            rows = self._run("SELECT mailbox, state, count(*) FROM messages GROUP BY mailbox, state").fetchall()
+        return {(m, State(s)): n for m, s, n in rows}
+
+    @staticmethod
+    def _filter(*, mailbox: str | None, states: Iterable[State], message_id: str | None) -> tuple[str, list[object]]:
+        clauses, params = [], []
+        if mailbox:
+            clauses.append("mailbox=?")
+            params.append(mailbox)
+        states = list(states)
+        if states:
+            clauses.append(f"state IN ({','.join('?' * len(states))})")
+            params.extend(states)
+        if message_id:
+            clauses.append("message_id=?")
+            params.append(message_id)
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+    # --- deliveries ----------------------------------------------------------------------
+
+    @staticmethod
+    def _delivery(row: tuple) -> DeliveryRow:
+        return DeliveryRow(DeliveryKey(*row[:3]), State(row[3]), row[4], row[5], row[6], row[7], _dt(row[8]))
+
+    _DLV_COLS = "message_id, module, record_id, state, zoho_message_id, reason, attempts, mailbox, updated"
+
+    def claim(self, key: DeliveryKey, *, mailbox: str) -> tuple[Claim, DeliveryRow | None]:
+        """Mark ``key`` pending before its CRM write, durably; say whether to go ahead."""
+        with self._lock:
+            if key in self._inflight:
+                return Claim.BUSY, None
+            row = self._run(
+                f"SELECT {self._DLV_COLS} FROM deliveries WHERE message_id=? AND module=? AND record_id=?",
+                (key.message_id, key.module, key.record_id),
+            ).fetchone()
+            existing = self._delivery(row) if row else None
+            if existing and existing.state in FINAL:
+                return Claim.FINAL, existing
+            self._run(
+                f"INSERT INTO deliveries ({self._DLV_COLS}) VALUES (?, ?, ?, ?, NULL, '', 1, ?, ?) "
+                "ON CONFLICT (message_id, module, record_id) DO UPDATE SET state=excluded.state, "
+                "attempts=deliveries.attempts + 1, updated=excluded.updated",
+                (key.message_id, key.module, key.record_id, State.PENDING, mailbox, _now()),
+            )
+            self._inflight.add(key)
+        resend = existing is not None and existing.state == State.PENDING
+        return (Claim.RESEND if resend else Claim.NEW), existing
+
+    def finish(self, key: DeliveryKey, state: State, *, zoho_message_id: str | None = None, reason: str = "") -> None:
+        """Record the outcome of a claimed delivery (and release the claim, even if the write fails)."""
+        with self._lock:
+            try:
+                self._run(
+                    "UPDATE deliveries SET state=?, zoho_message_id=coalesce(?, zoho_message_id), reason=?, updated=? "
+                    "WHERE message_id=? AND module=? AND record_id=?",
+                    (state, zoho_message_id, reason[:2000], _now(), key.message_id, key.module, key.record_id),
+                )
+            finally:
+                self._inflight.discard(key)
+
+    def release(self, key: DeliveryKey) -> None:
+        """Drop the in-process claim without recording an outcome (the row stays pending)."""
+        with self._lock:
+            self._inflight.discard(key)
+
+    def deliveries(self, message_id: str) -> list[DeliveryRow]:
+        with self._lock:
+            rows = self._run(
+                f"SELECT {self._DLV_COLS} FROM deliveries WHERE message_id=? ORDER BY module, record_id", (message_id,)
+            ).fetchall()
+        return [self._delivery(r) for r in rows]
+
+    # --- operator actions ----------------------------------------------------------------
+
+    def retry(self, *, mailbox: str | None = None, states: Iterable[State] = (), message_id: str | None = None) -> int:
+        """Queue matching non-done messages for the next pass; their refused deliveries are tried again."""
+        states = list(states) or [State.QUARANTINED, State.RETRY, State.UNMATCHED, State.SKIPPED]
+        where, params = self._filter(mailbox=mailbox, states=states, message_id=message_id)
+        with self._lock:
+            ids = [r[0] for r in self._run(f"SELECT DISTINCT message_id FROM messages{where}", params).fetchall()]
+            cur = self._run(f"UPDATE messages SET state=?, retry_at=NULL, updated=?{where}", [State.RETRY, _now(), *params])
+            for mid in ids:
+                self._run("UPDATE deliveries SET state=? WHERE message_id=? AND state IN (?, ?)",
+                          (State.RETRY, mid, State.QUARANTINED, State.RETRY))
+        return cur.rowcount
+
+    def forget(self, message_id: str) -> int:
+        """Drop the deliveries of ``message_id`` and queue it again, as if never sent."""
+        with self._lock:
+            self._run("DELETE FROM deliveries WHERE message_id=?", (message_id,))
+            cur = self._run("UPDATE messages SET state=?, retry_at=NULL, reason='forgotten', updated=? WHERE message_id=?",
+                            (State.RETRY, _now(), message_id))
+        return cur.rowcount

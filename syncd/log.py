@@ -1,0 +1,70 @@
+"""Logging: structlog, JSON lines when not on a terminal, readable console when on one.
+
+Every event carries the context bound by the pipeline (mailbox, folder, uid,
+message_id). Secrets registered with ``redact`` are replaced in every rendered
+line as a last line of defence: none of our events should carry one anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from typing import Any, TextIO
+
+import structlog
+
+_secrets: set[str] = set()
+_lock = threading.Lock()
+
+
+def redact(*values: str) -> None:
+    """Never print these strings (passwords, tokens, client secrets); short ones are ignored."""
+    with _lock:
+        _secrets.update(v for v in values if v and len(v) >= 4)
+
+
+def _scrub(text: str) -> str:
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _scrub_renderer(renderer: Any) -> Any:
+    def render(logger: Any, name: str, event: dict) -> str:
+        return _scrub(renderer(logger, name, event))
+
+    return render
+
+
+def configure(*, stream: TextIO | None = None, level: int = logging.INFO, json: bool | None = None) -> None:
+    """Set up structlog and the stdlib root logger (httpx, apscheduler) to write to ``stream``."""
+    stream = stream or sys.stderr
+    as_json = (not stream.isatty()) if json is None else json
+    renderer = structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=False)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            _scrub_renderer(renderer),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(_ScrubFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # httpx logs every request URL at INFO; httpcore logs headers (tokens) at DEBUG.
+    for noisy in ("httpx", "httpcore", "apscheduler"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class _ScrubFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return _scrub(super().format(record))

@@ -1,0 +1,195 @@
+"""One sync pass over one mailbox: folders → new UIDs → messages → verdicts → checkpoint.
+
+Per message the steps are, in order: size cap, parse, direction, filter, match,
+deliver to each record, record the verdict. The checkpoint only moves past a
+contiguous run of messages in a final state, so nothing behind it is ever skipped.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import structlog
+
+from syncd.associate import Deliverer, Verdict
+from syncd.email import Email
+from syncd.errors import CrmOrgError, FolderError, ParseError
+from syncd.filter import skip_reason
+from syncd.ledger import FINAL, Checkpoint, MessageKey, State
+from syncd.ledger.sqlite import SqliteLedger
+from syncd.match import Matcher, counterparts, is_sent
+from syncd.parse import parse_message
+from syncd.settings import MailboxSettings
+from syncd.source import Folder, MailSource, RawMessage, open_source
+
+log = structlog.get_logger("syncd.pipeline")
+
+_WORST_FIRST = (State.RETRY, State.QUARANTINED, State.DONE, State.DUPLICATE)
+"""How a message's verdict follows from its deliveries': any retry holds the message back."""
+
+MAX_TRANSIENT_IN_A_ROW = 3
+"""After this many transient CRM failures in a row, end the pass instead of hammering a sick CRM."""
+
+
+@dataclass
+class PassReport:
+    """What one pass did: messages per final verdict, and whether every message reached a final state."""
+
+    mailbox: str
+    states: Counter = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+    details: list[tuple[str, str, State, str]] = field(default_factory=list)
+    """(folder, subject, state, reason) per message handled, for the demo's summary."""
+
+    @property
+    def complete(self) -> bool:
+        return not self.errors and all(s in FINAL for s in self.states)
+
+
+class MailboxSync:
+    """Syncs one mailbox into the CRM; ``run_pass`` is safe to call repeatedly."""
+
+    def __init__(
+        self,
+        mailbox: MailboxSettings,
+        *,
+        ledger: SqliteLedger,
+        matcher: Matcher,
+        deliverer: Deliverer,
+        stopping: threading.Event | None = None,
+        source_factory: Callable[[MailboxSettings], MailSource] = open_source,
+    ):
+        self.mailbox = mailbox
+        self._ledger = ledger
+        self._matcher = matcher
+        self._deliverer = deliverer
+        self._stopping = stopping or threading.Event()
+        self._open = source_factory
+
+    def run_pass(self) -> PassReport:
+        report = PassReport(self.mailbox.name)
+        with structlog.contextvars.bound_contextvars(mailbox=self.mailbox.name):
+            with self._open(self.mailbox) as source:
+                for folder in source.folders():
+                    if self._stopping.is_set():
+                        break
+                    try:
+                        self._sync_folder(source, folder, report)
+                    except FolderError as exc:
+                        log.error("folder_unavailable", folder=folder.name, error=str(exc))
+                        report.errors.append(str(exc))
+                    except CrmOrgError as exc:
+                        log.error("crm_paused", code=exc.code, error=str(exc))
+                        report.errors.append(f"CRM: {exc}")
+                        break
+        log.info("pass_done", **{str(k): v for k, v in report.states.items()}, complete=report.complete)
+        return report
+
+    def _sync_folder(self, source: MailSource, folder: Folder, report: PassReport) -> None:
+        selected = source.select(folder.name)
+        name, uidvalidity = folder.name, selected.uidvalidity
+        checkpoint = self._ledger.checkpoint(self.mailbox.name, name)
+        last = 0
+        if checkpoint and checkpoint.uidvalidity == uidvalidity:
+            last = checkpoint.last_uid
+        elif checkpoint:
+            log.warning("uidvalidity_changed", folder=name, old=checkpoint.uidvalidity, new=uidvalidity,
+                        action="rescanning; the ledger prevents re-sends")
+        new = source.uids_after(last)
+        due = self._ledger.due(self.mailbox.name, name, uidvalidity, datetime.now(UTC))
+        known = self._ledger.message_states(self.mailbox.name, name, uidvalidity, new)
+        now = datetime.now(UTC)
+        todo = sorted(set(due) | {u for u in new if not _settled(known.get(u), now)})
+        verdicts = {u: row.state for u, row in known.items()}
+        transient_in_a_row = 0
+        finished = True
+        with structlog.contextvars.bound_contextvars(folder=name):
+            for raw in source.fetch(todo, max_size=self.mailbox.max_message_size):
+                key = MessageKey(self.mailbox.name, name, uidvalidity, raw.uid)
+                with structlog.contextvars.bound_contextvars(uid=raw.uid):
+                    verdict = self._handle(key, folder, raw, report)
+                verdicts[raw.uid] = verdict.state
+                transient_in_a_row = transient_in_a_row + 1 if verdict.state == State.RETRY else 0
+                if self._stopping.is_set() or transient_in_a_row >= MAX_TRANSIENT_IN_A_ROW:
+                    finished = False
+                    break
+        if finished:
+            # Asked for but not returned: expunged since the SEARCH, nothing left to sync.
+            verdicts.update((u, State.SKIPPED) for u in todo if u not in verdicts)
+        self._advance(name, uidvalidity, last, new, verdicts)
+
+    def _handle(self, key: MessageKey, folder: Folder, raw: RawMessage, report: PassReport) -> Verdict:
+        email: Email | None = None
+        try:
+            email, verdict = self._process(folder, raw)
+        except CrmOrgError as exc:
+            self._record(key, email, raw, Verdict(State.RETRY, f"CRM paused: {exc}"), report)
+            raise
+        self._record(key, email, raw, verdict, report)
+        return verdict
+
+    def _process(self, folder: Folder, raw: RawMessage) -> tuple[Email | None, Verdict]:
+        """The ordered steps for one message; the first that decides ends it."""
+        if raw.data is None:
+            return None, Verdict(State.SKIPPED, f"too large: {raw.size} bytes > max_message_size {self.mailbox.max_message_size}")
+        try:
+            email = parse_message(raw.data, internaldate=raw.internaldate)
+        except ParseError as exc:
+            return None, Verdict(State.QUARANTINED, f"cannot parse: {exc}")
+        structlog.contextvars.bind_contextvars(message_id=email.message_id)
+        own = self.mailbox.addresses
+        sent = is_sent(email, sent_folder=folder.sent, own=own)
+        reason = skip_reason(email, sent=sent, own=own)
+        if reason:
+            return email, Verdict(State.SKIPPED, reason)
+        people = counterparts(email, sent=sent, own=own)
+        records = self._matcher.records_for(people)
+        if not records:
+            who = ", ".join(a.addr for a in people) or "nobody"
+            return email, Verdict(State.UNMATCHED, f"no CRM record for {who}")
+        verdicts = [self._deliverer.deliver(email, r, sent=sent) for r in records]
+        return email, _combine(verdicts, records)
+
+    def _record(self, key: MessageKey, email: Email | None, raw: RawMessage, verdict: Verdict, report: PassReport) -> None:
+        message_id = email.message_id if email else f"uid:{key.folder}/{key.uidvalidity}/{key.uid}"
+        subject = email.subject if email else ""
+        sender = email.sender.addr if email and email.sender else ""
+        self._ledger.record_message(key, message_id=message_id, state=verdict.state, reason=verdict.reason,
+                                    subject=subject, sender=sender, retry_at=verdict.retry_at)
+        report.states[verdict.state] += 1
+        report.details.append((key.folder, subject, verdict.state, verdict.reason))
+        level = "warning" if verdict.state in (State.QUARANTINED, State.RETRY) else "info"
+        getattr(log, level)("message", state=str(verdict.state), reason=verdict.reason, size=raw.size)
+
+    def _advance(self, folder: str, uidvalidity: int, last: int, new: list[int], verdicts: dict[int, State]) -> None:
+        """Move the checkpoint past the leading run of final messages."""
+        top = last
+        for uid in new:
+            state = verdicts.get(uid)
+            if state is None or state not in FINAL:
+                break
+            top = uid
+        self._ledger.set_checkpoint(self.mailbox.name, folder, Checkpoint(uidvalidity, top))
+
+
+def _settled(row, now: datetime) -> bool:
+    """A message needs no work now: final, or waiting for its retry time."""
+    if row is None:
+        return False
+    if row.state in FINAL:
+        return True
+    return row.state == State.RETRY and row.retry_at is not None and row.retry_at > now
+
+
+def _combine(verdicts: list[Verdict], records) -> Verdict:
+    for state in _WORST_FIRST:
+        hits = [(v, r) for v, r in zip(verdicts, records) if v.state == state]
+        if hits:
+            reasons = "; ".join(f"{r.module}/{r.id}: {v.reason or v.state}" for v, r in hits)
+            retry_at = min((v.retry_at for v, _ in hits if v.retry_at), default=None)
+            return Verdict(state, reasons, retry_at)
+    return Verdict(State.DONE)
