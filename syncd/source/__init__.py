@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from syncd.settings import MailboxSettings
+
 
 @dataclass(frozen=True, slots=True)
 class Folder:
@@ -68,3 +70,16 @@ class MailSource(Protocol):
     def __enter__(self) -> MailSource: ...
 
     def __exit__(self, *exc: object) -> None: ...
+
+
+def open_source(settings: MailboxSettings) -> MailSource:
+    """The source for one mailbox: its local Maildir or mbox when configured, else its IMAP server."""
+    # imported here: the implementations import this module's value types
+    from syncd.source.imap import ImapSource
+    from syncd.source.maildir import MaildirSource, MboxSource
+
+    if settings.maildir is not None:
+        return MaildirSource(settings)
+    if settings.mbox is not None:
+        return MboxSource(settings)
+    return ImapSource(settings)
