@@ -66,9 +66,7 @@ class ImapSource:
         try:
             client.logout()
         except (IMAPClientError, OSError):
-            # the connection is already gone; only the socket is left to release
-            with contextlib.suppress(OSError):
-                client.shutdown()
+            _drop(client)  # the connection is already gone; only the socket is left to release
 
     def folders(self) -> list[Folder]:
         sent = self.settings.sent_folders
@@ -161,14 +159,13 @@ class ImapSource:
                 client.starttls(context)
             client.login(s.username, s.password.reveal())
         except LoginError as e:
-            client.shutdown()
+            _drop(client)
             raise SourceAuthError(f"{self._where}: login refused for user {s.username!r}: {e}") from e
         except ssl.SSLCertVerificationError as e:
-            client.shutdown()
+            _drop(client)
             raise self._tls_refused(e) from e
         except (IMAPClientError, OSError) as e:
-            with contextlib.suppress(OSError):
-                client.shutdown()
+            _drop(client)
             raise SourceError(f"{self._where}: cannot log in: {e}") from e
         return client
 
@@ -186,3 +183,9 @@ class ImapSource:
             f"{self._where}: TLS certificate verification failed: {e.verify_message or e} "
             f"(fix: set ca_file to the CA that signed the server's certificate, or fix the host name)"
         )
+
+
+def _drop(client: IMAPClient) -> None:
+    """Close the socket without a LOGOUT, whatever state it is in."""
+    with contextlib.suppress(OSError):
+        client.shutdown()
