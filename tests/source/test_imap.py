@@ -165,3 +165,15 @@ def test_large_uid_list(imap_user: ImapUser) -> None:
         source.select("INBOX")
         got = list(source.fetch(range(1, 40_001)))
     assert [m.uid for m in got] == uids
+
+
+def test_server_restart_is_source_error_then_reconnects(dovecot: Dovecot, imap_user: ImapUser) -> None:
+    """A server restart mid-session surfaces as SourceError; the next select reconnects on the same port."""
+    uid = imap_user.append("INBOX", message(1))
+    with ImapSource(imap_user.settings()) as source:
+        source.select("INBOX")
+        dovecot.restart()
+        with pytest.raises(SourceError):
+            list(source.fetch([uid]))
+        source.select("INBOX")
+        assert [m.uid for m in source.fetch([uid])] == [uid]
