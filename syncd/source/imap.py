@@ -107,9 +107,10 @@ class ImapSource:
         meta = self._call("FETCH", lambda c: c.fetch(batch, ["RFC822.SIZE", "INTERNALDATE"]))
         # UIDs missing from the answer were expunged since the SEARCH; unsolicited
         # FETCH responses (flag updates) lack the size and are ignored too
-        present = {uid: m for uid, m in meta.items() if uid in batch and b"RFC822.SIZE" in m}
-        wanted = [uid for uid in sorted(present) if max_size is None or present[uid][b"RFC822.SIZE"] <= max_size]
-        bodies = self._call("FETCH", lambda c: c.fetch(wanted, ["BODY.PEEK[]"])) if wanted else {}
+        asked = set(batch)
+        present = {uid: m for uid, m in meta.items() if uid in asked and b"RFC822.SIZE" in m}
+        wanted = {uid for uid, m in present.items() if max_size is None or m[b"RFC822.SIZE"] <= max_size}
+        bodies = self._call("FETCH", lambda c: c.fetch(sorted(wanted), ["BODY.PEEK[]"])) if wanted else {}
         for uid in sorted(present):
             size: int = present[uid][b"RFC822.SIZE"]
             date: datetime | None = present[uid].get(b"INTERNALDATE")
