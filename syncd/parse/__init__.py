@@ -8,6 +8,7 @@ where its own views are lossy (see ``body``).
 
 from __future__ import annotations
 
+import email
 import hashlib
 import logging
 import re
@@ -16,6 +17,7 @@ from email.message import Message
 from email.utils import parsedate_to_datetime
 
 import mailparser
+from mailparser.exceptions import MailParserRecursionError
 
 from syncd.email import Email
 from syncd.errors import ParseError
@@ -48,10 +50,7 @@ def parse_message(data: bytes, *, internaldate: datetime | None = None) -> Email
     data = bytes(data)
     if not data.strip(b"\x00 \t\r\n"):
         raise ParseError("empty message")
-    try:
-        message = mailparser.MailParser.from_bytes(data).message
-    except Exception as exc:  # mail-parser's and the stdlib's failures alike: quarantine, never crash
-        raise ParseError(f"unparseable: {type(exc).__name__}") from exc
+    message = _tree(data)
     if message is None or not message.keys():
         raise ParseError("no headers")
     try:
@@ -60,6 +59,25 @@ def parse_message(data: bytes, *, internaldate: datetime | None = None) -> Email
         raise ParseError("MIME nesting too deep") from exc
     except Exception as exc:  # a bug on one odd message must quarantine it, not stop the daemon
         raise ParseError(f"internal error: {type(exc).__name__}: {exc}") from exc
+
+
+def _tree(data: bytes) -> Message | None:
+    """The stdlib message tree, built through mail-parser.
+
+    mail-parser's own post-processing fails on some damaged mails the stdlib reads fine (a
+    multipart truncated before its closing boundary: AttributeError in its epilogue recovery);
+    those are rebuilt by the stdlib parser mail-parser itself wraps, instead of being refused.
+    """
+    try:
+        return mailparser.MailParser.from_bytes(data).message
+    except MailParserRecursionError as exc:
+        raise ParseError("MIME nesting too deep") from exc
+    except Exception:  # noqa: BLE001 - any mail-parser bug: fall through to the parser it wraps
+        pass
+    try:
+        return email.message_from_bytes(data)
+    except Exception as exc:  # the stdlib parser failing as well: quarantine, never crash
+        raise ParseError(f"unparseable: {type(exc).__name__}") from exc
 
 
 def _email(message: Message, data: bytes, internaldate: datetime | None) -> Email:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import binascii
 import re
 import unicodedata
+from itertools import groupby
+from operator import itemgetter
 from email.message import Message
 
 # Labels whose real-world content is a superset encoding: decoding with the superset is
@@ -98,12 +100,9 @@ def decode_header(raw: str) -> str:
     last = 0
 
     def flush() -> None:
-        while pending:
-            charset = pending[0][0]
-            run = b""
-            while pending and pending[0][0] == charset:
-                run += pending.pop(0)[1]
-            pieces.append(decode_bytes(run, charset))
+        for charset, words in groupby(pending, key=itemgetter(0)):
+            pieces.append(decode_bytes(b"".join(word for _, word in words), charset))
+        pending.clear()
 
     for match in _ENCODED_WORD.finditer(text):
         gap = text[last:match.start()]
