@@ -141,6 +141,15 @@ def test_deeply_nested_multipart():
     assert [(a.filename, a.data) for a in mail.attachments] == [("deep.csv", b"a,b")]
 
 
+def test_truncated_multipart_still_parses():
+    """A multipart cut off before its closing boundary (mail-parser itself fails on it) still gives an Email."""
+    data = mime(
+        'From: a@example.com\nContent-Type: multipart/alternative; boundary="b1"',
+        '--b1\nContent-Type: text/plain\n\nkept\n--b1\nContent-Type: multipart/related; boundary="b2"\n\n--b2\n',
+    )
+    assert parse_message(data).content == "kept"
+
+
 def test_no_body_gives_empty_text():
     """A message whose only part is a file has an empty text body and that file as attachment."""
     data = mime("From: a@example.com\nContent-Type: application/pdf\nContent-Transfer-Encoding: base64", "JVBERi0=\n")
@@ -206,6 +215,15 @@ def test_forwarded_message_is_an_eml_attachment():
     inner = parse_message(forwarded.data)
     assert (inner.message_id, inner.content) == ("inner-1@example.net", "Inner text that must not be merged.")
     assert b"\r\n" in forwarded.data and b"\n" not in forwarded.data.replace(b"\r\n", b"")
+
+
+def test_forwarded_message_without_subject_gets_positional_name():
+    """A forwarded message without a subject is named like any unnamed part, with .eml."""
+    data = mime(
+        'From: a@example.com\nContent-Type: multipart/mixed; boundary="b"',
+        "--b\nContent-Type: text/plain\n\nfyi\n--b\nContent-Type: message/rfc822\n\nFrom: c@example.net\n\ninner\n--b--\n",
+    )
+    assert [a.filename for a in parse_message(data).attachments] == ["attachment-1.eml"]
 
 
 def test_calendar_invite_is_an_ics_attachment():

@@ -70,7 +70,8 @@ class _Walker:
                 self.walk(child, as_file)
         elif not as_file and _is_body(part):
             text = decode_bytes(_payload(part), part.get_content_charset())
-            self.chunks.append((ctype, text.replace("\r\n", "\n")))
+            if text.strip():  # an empty part (a truncated mail's stub) adds nothing to the body
+                self.chunks.append((ctype, text.replace("\r\n", "\n")))
         else:
             self.files.append(_File(_filename(part), ctype, _payload(part), _content_id(part)))
 
@@ -95,12 +96,14 @@ def _is_body(part: Message) -> bool:
 
 
 def _richness(part: Message) -> int:
-    """2 when ``part`` holds an html body, 1 for a text body, 0 for no body at all."""
+    """2 when ``part`` holds an html body, 1 for a text body, 0 for no (or an empty) body."""
     if part.get_content_maintype() == "message":
         return 0
     if part.is_multipart():
         return max((_richness(c) for c in part.get_payload() if isinstance(c, Message)), default=0)
-    return _BODY_TYPES.get(part.get_content_type(), 0) if _is_body(part) else 0
+    payload = part.get_payload()
+    has_text = isinstance(payload, str) and bool(payload.strip())
+    return _BODY_TYPES.get(part.get_content_type(), 0) if has_text and _is_body(part) else 0
 
 
 def _chosen_alternatives(children: list[Message]) -> list[Message]:
