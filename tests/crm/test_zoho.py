@@ -5,8 +5,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any
-
 import pytest
 
 from syncd.crm import Upload
@@ -14,6 +12,7 @@ from syncd.crm.zoho import ZohoCrm
 from syncd.errors import CrmError, CrmOrgError, CrmOutcomeUnknown, CrmRejected, CrmTransientError
 from syncd.sandbox import SandboxServer
 from syncd.settings import CrmSettings, Secret
+from tests.fixtures.crm import settings_for, valid_entry as email
 
 ASSOCIATE = r"/actions/associate_email$"
 
@@ -29,19 +28,6 @@ def crm(crm_settings: CrmSettings, sleeps: list[float]) -> Iterator[ZohoCrm]:
     yield client
     client.close()
 
-
-def email(message_id: str = "m1@example.com", **extra: Any) -> dict[str, Any]:
-    entry = {
-        "from": {"user_name": "Bob", "email": "bob@example.com"},
-        "to": [{"user_name": "Sales", "email": "sales@ours.example"}],
-        "subject": "Order",
-        "content": "Please send 3",
-        "date_time": "2024-03-05T09:30:15+02:00",
-        "sent": False,
-        "original_message_id": message_id,
-    }
-    entry.update(extra)
-    return entry
 
 
 def contact(server: SandboxServer) -> str:
@@ -101,15 +87,10 @@ def test_refused_refresh_is_an_org_error_naming_the_setting(
     assert setting in str(caught.value)
 
 
-def test_refresh_rate_limit_is_transient_and_not_hammered(crm_settings: CrmSettings) -> None:
+def test_refresh_rate_limit_is_transient_and_not_hammered() -> None:
     """"Access Denied / too many requests" is CrmTransientError, remembered instead of retried at once."""
     with SandboxServer(refresh_limit=1) as server:
-        client_id, secret, refresh = server.credentials()
-        settings = replace(
-            crm_settings, client_id=client_id, client_secret=Secret(secret), refresh_token=Secret(refresh),
-            api_domain=server.url, accounts_url=server.url,
-        )
-        with ZohoCrm(settings, sleep=lambda _s: None) as crm:
+        with ZohoCrm(settings_for(server), sleep=lambda _s: None) as crm:
             crm.check()
             server.expire_tokens()
             with pytest.raises(CrmTransientError) as caught:
@@ -217,16 +198,11 @@ def test_attachments_over_10mb_are_rejected(crm: ZohoCrm, crm_server: SandboxSer
     assert caught.value.code == "FILE_SIZE_EXCEEDS"
 
 
-def test_owner_without_admin_is_an_org_error(crm_settings: CrmSettings) -> None:
+def test_owner_without_admin_is_an_org_error() -> None:
     """NO_PERMISSION (403) for owner when the configured user is no admin: CrmOrgError."""
     with SandboxServer(admin=False) as server:
         (record_id,) = server.seed("Contacts", [{"Last_Name": "X", "Email": "x@example.com"}])
-        client_id, secret, refresh = server.credentials()
-        settings = replace(
-            crm_settings, client_id=client_id, client_secret=Secret(secret), refresh_token=Secret(refresh),
-            api_domain=server.url, accounts_url=server.url,
-        )
-        with ZohoCrm(settings) as crm, pytest.raises(CrmOrgError) as caught:
+        with ZohoCrm(settings_for(server)) as crm, pytest.raises(CrmOrgError) as caught:
             crm.associate_email("Contacts", record_id, email(owner={"id": server.org.users[1]["id"]}))
     assert caught.value.code == "NO_PERMISSION" and caught.value.status == 403
 

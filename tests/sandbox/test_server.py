@@ -9,31 +9,17 @@ import httpx
 import pytest
 
 from syncd.sandbox import SandboxServer
+from tests.fixtures.crm import token_form, valid_entry as entry
 
 
 @pytest.fixture
 def http(crm_server: SandboxServer) -> Iterator[httpx.Client]:
     """An httpx client already holding a valid token for the sandbox."""
-    client_id, secret, refresh = crm_server.credentials()
     with httpx.Client(base_url=crm_server.url, timeout=5) as client:
-        form = {"grant_type": "refresh_token", "client_id": client_id, "client_secret": secret, "refresh_token": refresh}
-        token = client.post("/oauth/v2/token", data=form).json()["access_token"]
+        token = client.post("/oauth/v2/token", data=token_form(crm_server)).json()["access_token"]
         client.headers["Authorization"] = f"Zoho-oauthtoken {token}"
         yield client
 
-
-def entry(message_id: str = "m1", **extra: Any) -> dict[str, Any]:
-    body = {
-        "from": {"user_name": "Bob", "email": "bob@example.com"},
-        "to": [{"user_name": "Us", "email": "us@example.com"}],
-        "subject": "Hi",
-        "content": "Hello",
-        "date_time": "2024-01-02T03:04:05+00:00",
-        "sent": False,
-        "original_message_id": message_id,
-    }
-    body.update(extra)
-    return body
 
 
 def associate(http: httpx.Client, record_id: str, **kwargs: Any) -> httpx.Response:
@@ -46,8 +32,7 @@ def contact_id(server: SandboxServer) -> str:
 
 def test_token_answers(crm_server: SandboxServer) -> None:
     """Good refresh → token, api_domain, 3600 s; bad client / refresh token → HTTP 200 with "error"."""
-    client_id, secret, refresh = crm_server.credentials()
-    good = {"grant_type": "refresh_token", "client_id": client_id, "client_secret": secret, "refresh_token": refresh}
+    good = token_form(crm_server)
     answer = httpx.post(f"{crm_server.url}/oauth/v2/token", data=good).json()
     assert answer["api_domain"] == crm_server.url and answer["expires_in"] == 3600 and answer["token_type"] == "Bearer"
     for wrong, error in ({"refresh_token": "nope"}, "invalid_code"), ({"client_secret": "nope"}, "invalid_client"):
@@ -58,9 +43,7 @@ def test_token_answers(crm_server: SandboxServer) -> None:
 def test_refresh_limit_answers_access_denied() -> None:
     """Beyond the configured refreshes per window Zoho's "Access Denied" comes back (HTTP 200)."""
     with SandboxServer(refresh_limit=2) as server:
-        client_id, secret, refresh = server.credentials()
-        form = {"grant_type": "refresh_token", "client_id": client_id, "client_secret": secret, "refresh_token": refresh}
-        answers = [httpx.post(f"{server.url}/oauth/v2/token", data=form).json() for _ in range(3)]
+        answers = [httpx.post(f"{server.url}/oauth/v2/token", data=token_form(server)).json() for _ in range(3)]
     assert "access_token" in answers[1] and answers[2]["error"] == "Access Denied"
     assert "too many requests" in answers[2]["error_description"]
 
@@ -143,9 +126,7 @@ def test_owner_needs_admin() -> None:
     """A non-admin user giving an owner gets 403 NO_PERMISSION."""
     with SandboxServer(admin=False) as server:
         (record_id,) = server.seed("Contacts", [{"Last_Name": "X", "Email": "x@example.com"}])
-        client_id, secret, refresh = server.credentials()
-        form = {"grant_type": "refresh_token", "client_id": client_id, "client_secret": secret, "refresh_token": refresh}
-        token = httpx.post(f"{server.url}/oauth/v2/token", data=form).json()["access_token"]
+        token = httpx.post(f"{server.url}/oauth/v2/token", data=token_form(server)).json()["access_token"]
         response = httpx.post(
             f"{server.url}/crm/v8/Contacts/{record_id}/actions/associate_email",
             json={"Emails": [entry(owner={"id": server.org.users[0]["id"]})]},
@@ -160,8 +141,8 @@ def test_emails_list_available_and_deal_linking(crm_server: SandboxServer, http:
     (deal,) = crm_server.seed("Deals", [{"Deal_Name": "Big", "Stage": "Qualification", "Contact_Name": {"id": record}}])
     message_id = associate(http, record).json()["Emails"][0]["details"]["message_id"]
     listed = http.get(f"/crm/v8/Contacts/{record}/Emails").json()["Emails"]
-    assert [(e["message_id"], e["original_message_id"]) for e in listed] == [(message_id, "m1")]
-    available = http.get("/crm/v8/actions/email_available", params={"orginal_message_id": "m1"}).json()
+    assert [(e["message_id"], e["original_message_id"]) for e in listed] == [(message_id, "m1@example.com")]
+    available = http.get("/crm/v8/actions/email_available", params={"orginal_message_id": "m1@example.com"}).json()
     assert available["available"] is True and available["record"]["id"] == record
     link = {"linked_record": {"module": {"api_name": "Deals", "id": "1"}, "name": "Big", "id": deal}, "owner": {"id": "1"}}
     linked = http.post(f"/crm/v8/Contacts/{record}/Emails/{message_id}/actions/link_record", json={"Emails": [link]})
