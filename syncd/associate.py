@@ -18,7 +18,7 @@ import structlog
 from syncd.crm import Crm, Record, Upload
 from syncd.crm.payload import email_payload
 from syncd.email import Attachment, Email
-from syncd.errors import CrmOrgError, CrmOutcomeUnknown, CrmRejected, CrmTransientError
+from syncd.errors import CrmOrgError, CrmOutcomeUnknown, CrmRejected, CrmTransientError, ParseError
 from syncd.ledger import Claim, DeliveryKey, State
 from syncd.ledger.sqlite import SqliteLedger
 
@@ -93,6 +93,9 @@ class Deliverer:
         try:
             payload = self._payload(fit_attachments(email), sent=sent)
             result = self._crm.associate_email(record.module, record.id, payload)
+        except ParseError as exc:
+            self._ledger.finish(key, State.QUARANTINED, reason=f"cannot build the email: {exc}")
+            return Verdict(State.QUARANTINED, f"cannot build the email: {exc}")
         except CrmRejected as exc:
             reason = f"{exc.code or 'rejected'}: {exc}"
             self._ledger.finish(key, State.QUARANTINED, reason=reason)

@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 
 import structlog
 
-from syncd.associate import Deliverer, Verdict
+from syncd.associate import Deliverer, Verdict, backoff
 from syncd.email import Email
-from syncd.errors import CrmOrgError, FolderError, ParseError
+from syncd.errors import CrmOrgError, FolderError, LedgerError, ParseError, SourceError
 from syncd.filter import skip_reason
 from syncd.ledger import FINAL, Checkpoint, MessageKey, State
 from syncd.ledger.sqlite import SqliteLedger
@@ -112,6 +112,7 @@ class MailboxSync:
                 key = MessageKey(self.mailbox.name, name, uidvalidity, raw.uid)
                 with structlog.contextvars.bound_contextvars(uid=raw.uid):
                     verdict = self._handle(key, folder, raw, report)
+                    structlog.contextvars.unbind_contextvars("message_id")
                 verdicts[raw.uid] = verdict.state
                 transient_in_a_row = transient_in_a_row + 1 if verdict.state == State.RETRY else 0
                 if self._stopping.is_set() or transient_in_a_row >= MAX_TRANSIENT_IN_A_ROW:
@@ -127,8 +128,13 @@ class MailboxSync:
         try:
             email, verdict = self._process(folder, raw)
         except CrmOrgError as exc:
-            self._record(key, email, raw, Verdict(State.RETRY, f"CRM paused: {exc}"), report)
+            self._record(key, email, raw, Verdict(State.RETRY, f"CRM paused: {exc}", backoff(1)), report)
             raise
+        except (LedgerError, SourceError):
+            raise
+        except Exception as exc:  # unforeseen input or a bug: this message waits for a fix, the folder goes on
+            log.exception("message_failed", error=repr(exc))
+            verdict = Verdict(State.QUARANTINED, f"internal error: {exc!r}")
         self._record(key, email, raw, verdict, report)
         return verdict
 
