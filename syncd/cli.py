@@ -33,12 +33,18 @@ config_option = click.option(
 
 
 @contextlib.contextmanager
-def _settings(config_file: str | None) -> Iterator[Settings]:
-    """Load the configuration, or start the demo when none exists at the default places."""
+def _settings(config_file: str | None, *, crm: bool = True) -> Iterator[Settings]:
+    """Load the configuration, or use the demo's when none exists at the default places.
+
+    The demo's sandbox CRM is started only for commands that talk to a CRM (``crm``).
+    """
     path, explicit = config.locate(config_file)
     if not explicit and not path.exists():
         from syncd import demo
 
+        if not crm:
+            yield demo.settings()
+            return
         click.echo(f"No configuration at {path} (and $SYNCD_CONFIG unset): running the built-in demo, "
                    "a sample mailbox into a local sandbox CRM. See README.md to configure your own.", err=True)
         settings, server = demo.start()
@@ -196,7 +202,7 @@ def ledger_list(config_file: str | None, states: tuple[str, ...], mailbox: str |
     """List messages, most recently updated first."""
     from syncd.report import print_messages
 
-    with _settings(config_file) as settings:
+    with _settings(config_file, crm=False) as settings:
         led = _open_ledger(settings)
         rows = led.messages(mailbox=mailbox, states=[State(s) for s in states], limit=limit or None)
         led.close()
@@ -210,7 +216,7 @@ def ledger_show(config_file: str | None, message_id: str) -> None:
     """Everything the ledger knows about one Message-ID: where it was seen, where it went, and why."""
     from syncd.report import print_message
 
-    with _settings(config_file) as settings:
+    with _settings(config_file, crm=False) as settings:
         led = _open_ledger(settings)
         mid = message_id.strip().strip("<>")
         found = print_message(led.messages(message_id=mid), led.deliveries(mid))
@@ -227,7 +233,7 @@ def ledger_show(config_file: str | None, message_id: str) -> None:
 @mailbox_option
 def ledger_retry(config_file: str | None, message_id: str | None, states: tuple[str, ...], mailbox: str | None) -> None:
     """Queue messages for the next pass (default: every quarantined, unmatched, skipped or retrying one)."""
-    with _settings(config_file) as settings:
+    with _settings(config_file, crm=False) as settings:
         led = _open_ledger(settings)
         n = led.retry(mailbox=mailbox, states=[State(s) for s in states],
                       message_id=message_id.strip().strip("<>") if message_id else None)
@@ -241,7 +247,7 @@ def ledger_retry(config_file: str | None, message_id: str | None, states: tuple[
 @click.confirmation_option(prompt="Forget that this message was sent? It will be associated again on the next pass")
 def ledger_forget(config_file: str | None, message_id: str) -> None:
     """Forget a message's deliveries so the next pass sends it again (after deleting it in Zoho)."""
-    with _settings(config_file) as settings:
+    with _settings(config_file, crm=False) as settings:
         led = _open_ledger(settings)
         n = led.forget(message_id.strip().strip("<>"))
         led.close()

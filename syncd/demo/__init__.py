@@ -29,19 +29,24 @@ def state_dir() -> Path:
     return Path(base) / "syncd"
 
 
-def start() -> tuple[Settings, SandboxServer]:
-    """Start the sandbox CRM seeded with the demo's records; settings that point syncd at it."""
-    server = SandboxServer()
-    url = server.start()
-    for module, records in RECORDS.items():
-        server.seed(module, records)
-    client_id, client_secret, refresh_token = server.credentials()
+def settings(server: SandboxServer | None = None) -> Settings:
+    """The demo's settings, pointing at ``server`` (without one: for commands that only read the ledger)."""
+    url = server.url if server else "http://127.0.0.1:9"
+    client_id, client_secret, refresh_token = server.credentials() if server else ("", "", "")
     crm = CrmSettings(
         client_id=client_id, client_secret=Secret(client_secret), refresh_token=Secret(refresh_token),
         api_domain=url, accounts_url=url,
     )
     mailbox = MailboxSettings(name="demo", mbox=SAMPLE_MBOX, addresses=("sales@acme.example",),
                               source_file="(built-in demo)")
-    settings = Settings(crm=crm, ledger=LedgerSettings(state_dir() / "demo-ledger.sqlite3"),
-                        mailboxes=(mailbox,), source_file="(built-in demo)", demo=True)
-    return settings, server
+    return Settings(crm=crm, ledger=LedgerSettings(state_dir() / "demo-ledger.sqlite3"),
+                    mailboxes=(mailbox,), source_file="(built-in demo)", demo=True)
+
+
+def start() -> tuple[Settings, SandboxServer]:
+    """Start the sandbox CRM seeded with the demo's records; settings that point syncd at it."""
+    server = SandboxServer()
+    server.start()
+    for module, records in RECORDS.items():
+        server.seed(module, records)
+    return settings(server), server

@@ -6,6 +6,7 @@ Each request goes: fault queue (tests inject 5xx, 429, resets, slow answers) →
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import socket
@@ -438,6 +439,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self.rfile.close()
         self.wfile.close()
         self.connection.close()
+        self.wfile = io.BytesIO()  # http.server flushes wfile after every request: let it
 
 
 def serve(host: str, port: int, seed: dict[str, list[dict[str, Any]]] | None) -> None:

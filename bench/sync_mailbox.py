@@ -1,0 +1,86 @@
+"""Benchmark: one `syncd once` pass over a mailbox of N mixed messages in a real Dovecot, into the sandbox CRM.
+
+    .venv/bin/python -m bench.sync_mailbox [--messages 1000] [--people 50]
+
+Prints wall time, messages/s, the CRM calls made (by endpoint) and peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from bench.corpus import OWN, corpus
+from syncd import log
+from syncd.app import App
+from syncd.sandbox import SandboxServer
+from syncd.settings import CrmSettings, LedgerSettings, Secret, Settings
+from tests.fixtures.dovecot import Dovecot, ImapUser
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--people", type=int, default=50)
+    args = parser.parse_args()
+    log.configure(stream=open("/dev/null", "w"), json=True)
+
+    root = Path(tempfile.mkdtemp(prefix="dc", dir="/tmp"))
+    root.chmod(0o755)
+    server = Dovecot(root)
+    server.start()
+    try:
+        user = ImapUser(server, f"bench{secrets.token_hex(3)}", secrets.token_urlsafe(12))
+        server.add_user(user.username, user.password)
+        messages, people = corpus(args.messages, people=args.people)
+        t0 = time.perf_counter()
+        user.append_many("INBOX", messages)
+        print(f"appended {len(messages)} messages ({sum(map(len, messages)) / 1e6:.1f} MB) "
+              f"in {time.perf_counter() - t0:.1f}s")
+        with SandboxServer() as crm:
+            half = len(people) // 2
+            crm.seed("Contacts", [{"Last_Name": n, "Full_Name": n, "Email": a} for n, a in people[:half]])
+            crm.seed("Leads", [{"Last_Name": n, "Full_Name": n, "Email": a} for n, a in people[half:]])
+            cid, secret, refresh = crm.credentials()
+            settings = Settings(
+                crm=CrmSettings(client_id=cid, client_secret=Secret(secret), refresh_token=Secret(refresh),
+                                api_domain=crm.url, accounts_url=crm.url),
+                ledger=LedgerSettings(root / "ledger.sqlite3"),
+                mailboxes=(user.settings(addresses=(OWN,)),),
+            )
+            app = App(settings)
+            t0 = time.perf_counter()
+            (report,) = app.once()
+            wall = time.perf_counter() - t0
+            calls = Counter(app.crm.calls)
+            t0 = time.perf_counter()
+            (again,) = app.once()
+            second = time.perf_counter() - t0
+            app.close()
+            violations = len(crm.violations)
+            received = len(crm.received())
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+    n = args.messages
+    print(f"first pass: {wall:.2f}s wall, {n / wall:.0f} messages/s, states {dict(report.states)}")
+    print(f"CRM calls: {sum(calls.values())} total, {dict(sorted(calls.items()))}")
+    associated = report.states.get("done", 0)
+    if associated:
+        print(f"CRM calls per associated message: {sum(calls.values()) / associated:.2f}")
+    print(f"associations received by the CRM: {received}; spec violations: {violations}")
+    print(f"second pass (nothing new): {second:.2f}s, states {dict(again.states) or 'none'}")
+    print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    sys.exit(0 if report.complete else 1)
+
+
+if __name__ == "__main__":
+    main()
