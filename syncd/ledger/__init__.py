@@ -82,6 +82,29 @@ class DeliveryRow:
     updated: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class DealLink:
+    """One change of the deal a delivered email is linked to; ``deal_id`` None means unlinked."""
+
+    key: DeliveryKey
+    action: str
+    """``predicted`` (at association), ``link`` or ``unlink`` (the commands)."""
+    deal_id: str | None
+    deal_name: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Linkable:
+    """A delivered email Zoho knows by its own message id, with the deal it is linked to now."""
+
+    key: DeliveryKey
+    zoho_message_id: str
+    mailbox: str
+    deal_id: str | None
+    deal_name: str
+
+
 class Claim(StrEnum):
     """What ``claim`` found: go ahead (``NEW``/``RESEND``), or leave it (``FINAL``/``BUSY``)."""
 

@@ -18,14 +18,16 @@ from syncd.ledger import (
     FINAL,
     Checkpoint,
     Claim,
+    DealLink,
     DeliveryKey,
     DeliveryRow,
+    Linkable,
     MessageKey,
     MessageRow,
     State,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -47,6 +49,35 @@ CREATE TABLE IF NOT EXISTS deliveries (
     attempts INTEGER NOT NULL DEFAULT 0, mailbox TEXT NOT NULL, updated TEXT NOT NULL,
     PRIMARY KEY (message_id, module, record_id));
 """
+"""The version-1 schema; later versions are reached through ``_MIGRATIONS``, new files included."""
+
+_MIGRATIONS: dict[int, str] = {
+    # 2: the deal each delivered email is linked to, and every change of that link (prediction,
+    # `syncd link`, `syncd unlink`), so `ledger show` can tell who linked what and when.
+    2: """
+ALTER TABLE deliveries ADD COLUMN deal_id TEXT;
+ALTER TABLE deliveries ADD COLUMN deal_name TEXT NOT NULL DEFAULT '';
+CREATE TABLE deal_links (
+    message_id TEXT NOT NULL, module TEXT NOT NULL, record_id TEXT NOT NULL,
+    action TEXT NOT NULL, deal_id TEXT, deal_name TEXT NOT NULL DEFAULT '', at TEXT NOT NULL);
+CREATE INDEX deal_links_by_id ON deal_links (message_id);
+""",
+}
+"""SQL that upgrades a ledger from version N-1 to N; each runs in one transaction with its version bump."""
+
+
+def _migrate(db: sqlite3.Connection, version: int) -> None:
+    """Bring a ledger at ``version`` up to SCHEMA_VERSION, one step per transaction."""
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in filter(str.strip, _MIGRATIONS[target].split(";")):
+                db.execute(statement)
+            db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(target),))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
 
 def _now() -> str:
@@ -77,14 +108,16 @@ class SqliteLedger:
             db.execute("PRAGMA synchronous=FULL")
             db.executescript(_SCHEMA)
             row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row is None:
+                db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+            version = int(row[0]) if row else 1
+            if version > SCHEMA_VERSION:
+                raise LedgerError(f"ledger {path} has schema {version}, newer than this syncd ({SCHEMA_VERSION}): upgrade syncd")
+            _migrate(db, version)
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"ledger {path} is unreadable or corrupt ({exc}): {fix}") from None
         except OSError as exc:
             raise LedgerError(f"cannot open ledger {path}: {exc.strerror}; check [ledger] path and its directory's permissions") from None
-        if row is None:
-            db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) > SCHEMA_VERSION:
-            raise LedgerError(f"ledger {path} has schema {row[0]}, newer than this syncd ({SCHEMA_VERSION}): upgrade syncd")
         return db
 
     def _run(self, sql: str, params: Sequence[object] = ()) -> sqlite3.Cursor:
@@ -267,3 +300,44 @@ class SqliteLedger:
             cur = self._run("UPDATE messages SET state=?, retry_at=NULL, reason='forgotten', updated=? WHERE message_id=?",
                             (State.RETRY, _now(), message_id))
         return cur.rowcount
+
+    # --- deals ---------------------------------------------------------------------------
+
+    def record_deal(self, key: DeliveryKey, action: str, deal_id: str | None, deal_name: str = "") -> None:
+        """Note the deal a delivered email is now linked to (None: none) and what changed it, in one transaction."""
+        now = _now()
+        with self._lock:
+            self._run("BEGIN IMMEDIATE")
+            try:
+                self._run("UPDATE deliveries SET deal_id=?, deal_name=?, updated=? WHERE message_id=? AND module=? AND record_id=?",
+                          (deal_id, deal_name, now, key.message_id, key.module, key.record_id))
+                self._run("INSERT INTO deal_links VALUES (?, ?, ?, ?, ?, ?, ?)",
+                          (key.message_id, key.module, key.record_id, action, deal_id, deal_name, now))
+                self._run("COMMIT")
+            except BaseException:
+                self._run("ROLLBACK")
+                raise
+
+    def deal_history(self, message_id: str) -> list[DealLink]:
+        """Every deal change of ``message_id``'s deliveries, oldest first."""
+        with self._lock:
+            rows = self._run("SELECT message_id, module, record_id, action, deal_id, deal_name, at FROM deal_links "
+                             "WHERE message_id=? ORDER BY rowid", (message_id,)).fetchall()
+        return [DealLink(DeliveryKey(*r[:3]), r[3], r[4], r[5], _dt(r[6])) for r in rows]
+
+    def linkable(self, *, module: str, message_ids: Sequence[str] = (), mailbox: str | None = None,
+                 record_id: str | None = None, deal_id: str | None = None) -> list[Linkable]:
+        """Delivered emails of ``module`` records that carry Zoho's message id, narrowed by the given filters."""
+        clauses = ["module=?", "state=?", "zoho_message_id IS NOT NULL"]
+        params: list[object] = [module, State.DONE]
+        if message_ids:
+            clauses.append(f"message_id IN ({','.join('?' * len(message_ids))})")
+            params.extend(message_ids)
+        for column, value in (("mailbox", mailbox), ("record_id", record_id), ("deal_id", deal_id)):
+            if value:
+                clauses.append(f"{column}=?")
+                params.append(value)
+        with self._lock:
+            rows = self._run("SELECT message_id, module, record_id, zoho_message_id, mailbox, deal_id, deal_name "
+                             f"FROM deliveries WHERE {' AND '.join(clauses)} ORDER BY record_id, message_id", params).fetchall()
+        return [Linkable(DeliveryKey(*r[:3]), r[3], r[4], r[5], r[6]) for r in rows]

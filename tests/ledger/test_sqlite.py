@@ -133,3 +133,39 @@ def test_unwritable_directory_is_a_clear_error(tmp_path: Path):
     (tmp_path / "file").write_text("")
     with pytest.raises(LedgerError, match=r"\[ledger\] path"):
         SqliteLedger(tmp_path / "file" / "ledger.sqlite3")
+
+
+def test_version_1_file_is_migrated_keeping_its_rows(tmp_path: Path):
+    """A ledger written by schema 1 opens as the current schema with its deliveries intact and deal columns added."""
+    import sqlite3
+
+    from syncd.ledger.sqlite import _SCHEMA
+
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(_SCHEMA)
+    db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    db.execute("INSERT INTO deliveries VALUES (?, ?, ?, 'done', 'z9', '', 1, 'm', '2024-01-01T00:00:00+00:00')",
+               (KEY.message_id, KEY.module, KEY.record_id))
+    db.commit()
+    db.close()
+    led = SqliteLedger(path)
+    assert led._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
+    (row,) = led.linkable(module=KEY.module)
+    assert (row.key, row.zoho_message_id, row.deal_id) == (KEY, "z9", None)
+    led.record_deal(KEY, "link", "d1", "Big deal")
+    assert led.linkable(module=KEY.module, deal_id="d1")[0].deal_name == "Big deal"
+    led.close()
+
+
+def test_deal_changes_are_kept_in_order(ledger: SqliteLedger):
+    """Each link and unlink of a delivered email is recorded, and the delivery shows the current deal."""
+    ledger.claim(KEY, mailbox="m")
+    ledger.finish(KEY, State.DONE, zoho_message_id="z")
+    ledger.record_deal(KEY, "predicted", "d1", "First")
+    ledger.record_deal(KEY, "unlink", None)
+    ledger.record_deal(KEY, "link", "d2", "Second")
+    assert [(h.action, h.deal_id) for h in ledger.deal_history(KEY.message_id)] == [
+        ("predicted", "d1"), ("unlink", None), ("link", "d2")]
+    assert ledger.linkable(module="Contacts", deal_id="d1") == []
+    assert [r.key for r in ledger.linkable(module="Contacts", message_ids=[KEY.message_id])] == [KEY]
