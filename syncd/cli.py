@@ -241,6 +241,35 @@ def ledger_retry(config_file: str | None, message_id: str | None, states: tuple[
     click.echo(f"{n} message(s) queued for the next pass")
 
 
+@ledger.command("verify")
+@config_option
+@mailbox_option
+@click.option("--repair", is_flag=True, help="Queue every message found missing for the next pass.")
+def ledger_verify(config_file: str | None, mailbox: str | None, repair: bool) -> None:
+    """Compare each folder's UIDs with the ledger: report (and with --repair queue) every message never processed.
+
+    Exit 1 when a folder cannot be checked, or when gaps are found without --repair.
+    """
+    from syncd.ledger.verify import describe, verify_mailbox
+
+    with _settings(config_file, crm=False) as settings:
+        chosen = [m for m in settings.mailboxes if mailbox in (None, m.name)]
+        if not chosen:
+            click.echo(f"syncd: no mailbox named {mailbox}", err=True)
+            sys.exit(EXIT_CONFIG)
+        led = _open_ledger(settings)
+        try:
+            checks = [c for m in chosen for c in verify_mailbox(m, led, repair=repair)]
+        finally:
+            led.close()
+    for check in checks:
+        click.echo(describe(check, repaired=repair))
+    gaps = sum(len(c.missing) for c in checks)
+    click.echo(f"{gaps} message(s) never processed" + (", queued for the next pass" if repair and gaps else ""))
+    if any(c.error for c in checks) or (gaps and not repair):
+        sys.exit(EXIT_INCOMPLETE)
+
+
 @ledger.command("forget")
 @config_option
 @click.argument("message_id")

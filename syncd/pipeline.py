@@ -19,7 +19,7 @@ from syncd.associate import Deliverer, Verdict, backoff
 from syncd.email import Email
 from syncd.errors import CrmOrgError, FolderError, LedgerError, ParseError, SourceError
 from syncd.filter import skip_reason
-from syncd.ledger import FINAL, Checkpoint, MessageKey, State
+from syncd.ledger import FINAL, Checkpoint, MessageKey, State, placeholder_id
 from syncd.ledger.sqlite import SqliteLedger
 from syncd.match import Matcher, counterparts, is_sent
 from syncd.parse import parse_message
@@ -161,7 +161,7 @@ class MailboxSync:
         return email, _combine(verdicts, records)
 
     def _record(self, key: MessageKey, email: Email | None, raw: RawMessage, verdict: Verdict, report: PassReport) -> None:
-        message_id = email.message_id if email else f"uid:{key.folder}/{key.uidvalidity}/{key.uid}"
+        message_id = email.message_id if email else placeholder_id(key)
         subject = email.subject if email else ""
         sender = email.sender.addr if email and email.sender else ""
         self._ledger.record_message(key, message_id=message_id, state=verdict.state, reason=verdict.reason,

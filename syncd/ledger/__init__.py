@@ -43,6 +43,11 @@ class MessageKey:
     uid: int
 
 
+def placeholder_id(key: MessageKey) -> str:
+    """The ledger's name for a message whose own Message-ID is not known (unparsed, or not fetched yet)."""
+    return f"uid:{key.folder}/{key.uidvalidity}/{key.uid}"
+
+
 @dataclass(frozen=True, slots=True)
 class DeliveryKey:
     """What "sent once" is about: one Message-ID on one CRM record."""
