@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
+from syncd import faultpoints
 from syncd.crm import Crm, Record, Upload
 from syncd.crm.payload import email_payload
 from syncd.email import Attachment, Email
@@ -90,8 +91,10 @@ class Deliverer:
         attempts = (row.attempts if row else 0) + 1
         if claim is Claim.RESEND:
             log.info("resend_unknown_outcome", module=record.module, record_id=record.id)
+        faultpoints.reach("claimed")
         try:
             payload = self._payload(fit_attachments(email), sent=sent)
+            faultpoints.reach("uploaded")
             result = self._crm.associate_email(record.module, record.id, payload)
         except ParseError as exc:
             self._ledger.finish(key, State.QUARANTINED, reason=f"cannot build the email: {exc}")
@@ -114,6 +117,7 @@ class Deliverer:
         except BaseException:
             self._ledger.release(key)
             raise
+        faultpoints.reach("associated")
         if result.duplicate:
             self._ledger.finish(key, State.DUPLICATE, reason="Zoho already had it (DUPLICATE_DATA)")
             return Verdict(State.DUPLICATE, "Zoho already had it")

@@ -6,13 +6,15 @@ serialised anyway, and it keeps claim's read-then-write atomic.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from syncd import faultpoints
 from syncd.errors import LedgerError
 from syncd.ledger import (
     FINAL,
@@ -126,6 +128,17 @@ class SqliteLedger:
         except sqlite3.Error as exc:
             raise LedgerError(f"ledger {self.path}: {exc}") from None
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """Statements that land together or not at all (hold ``_lock``)."""
+        self._run("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._run("COMMIT")
+        except BaseException:
+            self._run("ROLLBACK")
+            raise
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -140,12 +153,13 @@ class SqliteLedger:
         return Checkpoint(*row) if row else None
 
     def set_checkpoint(self, mailbox: str, folder: str, checkpoint: Checkpoint) -> None:
-        with self._lock:
+        with self._lock, self._transaction():
             self._run(
                 "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?) ON CONFLICT (mailbox, folder) DO UPDATE SET "
                 "uidvalidity=excluded.uidvalidity, last_uid=excluded.last_uid, updated=excluded.updated",
                 (mailbox, folder, checkpoint.uidvalidity, checkpoint.last_uid, _now()),
             )
+            faultpoints.reach("checkpoint")  # the fault tests crash here: written, not yet committed
 
     # --- messages ------------------------------------------------------------------------
 
@@ -306,17 +320,11 @@ class SqliteLedger:
     def record_deal(self, key: DeliveryKey, action: str, deal_id: str | None, deal_name: str = "") -> None:
         """Note the deal a delivered email is now linked to (None: none) and what changed it, in one transaction."""
         now = _now()
-        with self._lock:
-            self._run("BEGIN IMMEDIATE")
-            try:
-                self._run("UPDATE deliveries SET deal_id=?, deal_name=?, updated=? WHERE message_id=? AND module=? AND record_id=?",
-                          (deal_id, deal_name, now, key.message_id, key.module, key.record_id))
-                self._run("INSERT INTO deal_links VALUES (?, ?, ?, ?, ?, ?, ?)",
-                          (key.message_id, key.module, key.record_id, action, deal_id, deal_name, now))
-                self._run("COMMIT")
-            except BaseException:
-                self._run("ROLLBACK")
-                raise
+        with self._lock, self._transaction():
+            self._run("UPDATE deliveries SET deal_id=?, deal_name=?, updated=? WHERE message_id=? AND module=? AND record_id=?",
+                      (deal_id, deal_name, now, key.message_id, key.module, key.record_id))
+            self._run("INSERT INTO deal_links VALUES (?, ?, ?, ?, ?, ?, ?)",
+                      (key.message_id, key.module, key.record_id, action, deal_id, deal_name, now))
 
     def deal_history(self, message_id: str) -> list[DealLink]:
         """Every deal change of ``message_id``'s deliveries, oldest first."""
