@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from functools import wraps
 from pathlib import Path
 
@@ -33,10 +33,11 @@ config_option = click.option(
 
 
 @contextlib.contextmanager
-def _settings(config_file: str | None, *, crm: bool = True) -> Iterator[Settings]:
+def _settings(config_file: str | None, *, crm: bool = True, only: Collection[str] = ()) -> Iterator[Settings]:
     """Load the configuration, or use the demo's when none exists at the default places.
 
-    The demo's sandbox CRM is started only for commands that talk to a CRM (``crm``).
+    The demo's sandbox CRM is started only for commands that talk to a CRM (``crm``);
+    ``only`` loads just those mailboxes.
     """
     path, explicit = config.locate(config_file)
     if not explicit and not path.exists():
@@ -54,7 +55,7 @@ def _settings(config_file: str | None, *, crm: bool = True) -> Iterator[Settings
             server.stop()
         return
     try:
-        settings = config.load(path)
+        settings = config.load(path, only=only)
     except ConfigError as exc:
         click.echo(f"syncd: configuration problems ({len(exc.problems)}):", err=True)
         for problem in exc.problems:
@@ -103,18 +104,27 @@ def _stop_on_signals(stopping: threading.Event) -> None:
 
 @main.command()
 @config_option
+@click.option("--mailbox", "names", multiple=True, metavar="NAME",
+              help="Only this mailbox (repeatable); the others' secrets need not be there (syncd@NAME.service).")
 @_fail_clearly
-def run(config_file: str | None) -> None:
-    """Run the daemon: poll every mailbox at its interval until SIGTERM/SIGINT."""
+def run(config_file: str | None, names: tuple[str, ...]) -> None:
+    """Run the daemon: poll every mailbox at its interval until SIGTERM/SIGINT.
+
+    Under systemd (Type=notify) it reports READY and STATUS and feeds the watchdog while polls progress.
+    """
     from syncd.app import App
+    from syncd.liveness import Liveness
+    from syncd.notify import Notifier
     from syncd.scheduler import run_until_stopped
+    from syncd.source import open_source
 
     stopping = threading.Event()
     _stop_on_signals(stopping)
-    with _settings(config_file) as settings:
-        app = App(settings, stopping=stopping)
+    with _settings(config_file, only=names) as settings:
+        liveness = Liveness()
+        app = App(settings, stopping=stopping, source_factory=liveness.watch(open_source))
         try:
-            run_until_stopped(app)
+            run_until_stopped(app, liveness=liveness, notifier=Notifier())
         finally:
             app.close()
 

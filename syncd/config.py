@@ -14,7 +14,7 @@ import os
 import re
 import socket
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,7 +54,7 @@ class _CrmTable(_Strict):
 
 
 class _LedgerTable(_Strict):
-    path: str = str(DEFAULT_LEDGER)
+    path: str | None = None
 
 
 class _MailboxTable(_Strict):
@@ -266,8 +266,12 @@ def _mailbox(raw: dict[str, Any], file: str, prefix: str, secret: _SecretReader,
     )
 
 
-def load(path: Path, env: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate the configuration at ``path`` (and its ``mailboxes.d``); raise ConfigError."""
+def load(path: Path, env: Mapping[str, str] | None = None, only: Collection[str] = ()) -> Settings:
+    """Read and validate the configuration at ``path`` (and its ``mailboxes.d``); raise ConfigError.
+
+    ``only``: just these mailboxes (``syncd run --mailbox``, one per ``syncd@`` instance); the
+    others are left unread, so their secrets need not be there.
+    """
     env = os.environ if env is None else env
     problems: list[Problem] = []
     data = _read_toml(path, problems)
@@ -283,12 +287,12 @@ def load(path: Path, env: Mapping[str, str] | None = None) -> Settings:
 
     crm = _crm(main.crm, file, secret, problems)
     try:
-        ledger = LedgerSettings(path=_resolve(base, _LedgerTable.model_validate(main.ledger).path) or DEFAULT_LEDGER)
+        ledger = LedgerSettings(path=_resolve(base, _LedgerTable.model_validate(main.ledger).path) or _default_ledger(env))
     except ValidationError as err:
         problems.extend(_problems_from(err, file, "ledger"))
         ledger = None
 
-    mailboxes = [_mailbox(m, file, f"mailbox[{i}]", secret, problems) for i, m in enumerate(main.mailbox)]
+    mailboxes = [_mailbox(m, file, f"mailbox[{i}]", secret, problems) for i, m in enumerate(main.mailbox) if _wanted(m, only)]
     for extra in sorted((base / "mailboxes.d").glob("*.toml")):
         doc = _read_toml(extra, problems)
         if doc is None:
@@ -296,10 +300,16 @@ def load(path: Path, env: Mapping[str, str] | None = None) -> Settings:
         if set(doc) != {"mailbox"} or not isinstance(doc["mailbox"], dict):
             problems.append(Problem(str(extra), "", "must hold exactly one [mailbox] table", "move other tables to the main file"))
             continue
+        if not _wanted(doc["mailbox"], only):
+            continue
         mailboxes.append(_mailbox(doc["mailbox"], str(extra), "mailbox", secret, problems))
 
     found = [m for m in mailboxes if m is not None]
-    if not mailboxes:
+    for name in only:
+        if not problems and name not in {m.name for m in found}:
+            problems.append(Problem(file, "mailbox", f"no mailbox named {name!r}",
+                                    f"add mailboxes.d/{name}.toml holding a [mailbox] table with name = {name!r}"))
+    if not mailboxes and not only:
         problems.append(Problem(file, "mailbox", "no mailbox configured", "add a [[mailbox]] table or a file in mailboxes.d/"))
     seen: dict[str, str] = {}
     for m in found:
@@ -310,6 +320,16 @@ def load(path: Path, env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(problems)
     assert crm is not None and ledger is not None
     return Settings(crm=crm, ledger=ledger, mailboxes=tuple(found), source_file=file)
+
+
+def _wanted(raw: dict[str, Any], only: Collection[str]) -> bool:
+    return not only or raw.get("name") in only
+
+
+def _default_ledger(env: Mapping[str, str]) -> Path:
+    """Under systemd's ``StateDirectory=`` (one per ``syncd@`` instance) the ledger lives there."""
+    state = env.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(state) / "ledger.sqlite3" if state else DEFAULT_LEDGER
 
 
 def locate(option: str | None, env: Mapping[str, str] | None = None) -> tuple[Path, bool]:

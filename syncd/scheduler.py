@@ -10,16 +10,34 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from syncd.app import App
+from syncd.liveness import Liveness
+from syncd.notify import Notifier
+from syncd.pipeline import PassReport
 
 log = structlog.get_logger("syncd.scheduler")
 
 
-def run_until_stopped(app: App) -> None:
+def run_until_stopped(app: App, *, liveness: Liveness | None = None, notifier: Notifier | None = None) -> None:
     """Poll every mailbox at its interval until ``app.stopping`` is set, then let passes in flight finish.
 
     Each mailbox has its own worker thread, so a slow one never delays the others;
     ``max_instances=1`` and ``coalesce`` keep a slow mailbox from piling up runs.
+    Under systemd it reports READY, STATUS and STOPPING, and feeds the watchdog only while
+    no running pass is stalled (see ``syncd.liveness``), so a hung poll gets syncd restarted.
+    For that, ``app`` must read its mail through ``liveness.watch(...)`` sources.
     """
+    liveness = liveness or Liveness()
+    notifier = notifier or Notifier()
+
+    def poll(name: str) -> PassReport:
+        liveness.begin(name)
+        try:
+            report = app.safe_pass(name)
+        finally:
+            liveness.end(name)
+        notifier.status(_status(report))
+        return report
+
     mailboxes = app.settings.mailboxes
     scheduler = BackgroundScheduler(
         executors={"default": ThreadPoolExecutor(max_workers=len(mailboxes))},
@@ -28,12 +46,38 @@ def run_until_stopped(app: App) -> None:
     )
     for mailbox in mailboxes:
         scheduler.add_job(
-            app.safe_pass, IntervalTrigger(seconds=mailbox.poll_interval), args=[mailbox.name],
+            poll, IntervalTrigger(seconds=mailbox.poll_interval), args=[mailbox.name],
             id=mailbox.name, name=f"poll {mailbox.name}", next_run_time=datetime.now().astimezone(),
         )
     scheduler.start()
     log.info("started", mailboxes=[m.name for m in mailboxes])
-    app.stopping.wait()
+    notifier.ready(f"polling {len(mailboxes)} mailbox(es)")
+    _watch(app, liveness, notifier)
     log.info("stopping", detail="finishing the messages in flight")
+    notifier.stopping("finishing the messages in flight")
     scheduler.shutdown(wait=True)
     log.info("stopped")
+
+
+def _watch(app: App, liveness: Liveness, notifier: Notifier) -> None:
+    """Until stopped: feed the watchdog at a third of its interval while every pass makes progress."""
+    limit = notifier.watchdog_interval
+    if limit is None:
+        app.stopping.wait()
+        return
+    was_stalled: list[str] = []
+    while not app.stopping.wait(limit / 3):
+        stalled = liveness.stalled(limit)
+        if stalled and stalled != was_stalled:
+            log.error("pass_stalled", mailboxes=stalled, seconds=limit,
+                      action="not feeding systemd's watchdog, so the service is restarted")
+            notifier.status(f"stalled: {', '.join(stalled)} made no progress for {limit:g} s")
+        was_stalled = stalled
+        if not stalled:
+            notifier.watchdog()
+
+
+def _status(report: PassReport) -> str:
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(report.states.items())) or "nothing new"
+    outcome = f"failed: {report.errors[0]}" if report.errors else counts
+    return f"{report.mailbox}: last pass {outcome}"

@@ -1,0 +1,81 @@
+"""Liveness: a running pass that stops making progress is stalled; idle mailboxes never are."""
+
+from __future__ import annotations
+
+import mailbox
+from pathlib import Path
+
+import pytest
+
+from syncd.liveness import Liveness
+from syncd.settings import MailboxSettings
+from syncd.source import open_source
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def test_running_pass_without_progress_is_stalled(clock: Clock):
+    """begin() starts the clock, beat() resets it, end() clears it; only a silent running pass is stalled."""
+    live = Liveness(clock)
+    live.begin("sales")
+    live.begin("support")
+    clock.now = 10
+    live.beat("support")
+    assert live.stalled(limit=5) == ["sales"]
+    live.end("sales")
+    assert live.stalled(limit=5) == []
+    clock.now = 16
+    assert live.stalled(limit=5) == ["support"]
+    assert live.stalled(limit=30) == []
+
+
+def test_idle_mailbox_is_never_stalled(clock: Clock):
+    """A mailbox with no pass in flight is idle, however long ago it last ran."""
+    live = Liveness(clock)
+    live.end("never-started")
+    live.begin("sales")
+    live.end("sales")
+    clock.now = 10_000
+    assert live.stalled(limit=1) == []
+
+
+def test_watched_source_reports_every_step(tmp_path: Path, clock: Clock):
+    """Connect, list, select, search and each fetched message of a real Maildir count as progress."""
+    box = mailbox.Maildir(tmp_path / "Maildir")
+    for i in range(3):
+        box.add(f"From: a@example.com\nSubject: {i}\nMessage-ID: <{i}@example.com>\n\nbody\n".encode())
+    live = Liveness(clock)
+    open_watched = live.watch(open_source)
+    live.begin("arch")
+
+    def step_was_progress() -> bool:
+        progressed = live.stalled(limit=5) == []
+        clock.now += 10  # every step below must beat again to stay un-stalled
+        return progressed
+
+    clock.now += 10
+    with open_watched(MailboxSettings(name="arch", maildir=tmp_path / "Maildir")) as source:
+        assert step_was_progress()
+        folders = source.folders()
+        assert step_was_progress()
+        source.select(folders[0].name)
+        assert step_was_progress()
+        uids = source.uids_after(0)
+        assert step_was_progress()
+        fetched = []
+        for message in source.fetch(uids):
+            fetched.append(message.uid)
+            assert step_was_progress()
+    assert len(fetched) == 3
+    assert live.stalled(limit=5) == ["arch"]
