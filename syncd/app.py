@@ -9,6 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import structlog
 
 from syncd.associate import Deliverer
+from syncd.deals import DealPredictor
+from syncd.owner import MailboxOwner
 from syncd.crm import Crm
 from syncd.crm.zoho import ZohoCrm
 from syncd.errors import SyncdError
@@ -35,10 +37,14 @@ class App:
         self.ledger = SqliteLedger(settings.ledger.path)
         self.crm = crm or ZohoCrm(settings.crm)
         matcher = Matcher(self.crm, settings.crm.modules)
+        deals = DealPredictor(self.crm)
+        self.owners = {m.name: MailboxOwner(self.crm, mailbox=m.name, owner_id=m.owner_id, owner_email=m.owner_email)
+                       for m in settings.mailboxes}
         self.syncs = {
             m.name: MailboxSync(
                 m, ledger=self.ledger, matcher=matcher,
-                deliverer=Deliverer(self.crm, self.ledger, mailbox=m.name),
+                deliverer=Deliverer(self.crm, self.ledger, mailbox=m.name, owner=self.owners[m.name],
+                                    deals=deals if m.predict_deals else None),
                 stopping=self.stopping, source_factory=source_factory,
             )
             for m in settings.mailboxes

@@ -18,10 +18,12 @@ import structlog
 from syncd import faultpoints
 from syncd.crm import Crm, Record, Upload
 from syncd.crm.payload import email_payload
+from syncd.deals import DealPredictor
 from syncd.email import Attachment, Email
 from syncd.errors import CrmOrgError, CrmOutcomeUnknown, CrmRejected, CrmTransientError, ParseError
 from syncd.ledger import Claim, DeliveryKey, State
 from syncd.ledger.sqlite import SqliteLedger
+from syncd.owner import MailboxOwner
 
 log = structlog.get_logger("syncd.associate")
 
@@ -70,11 +72,13 @@ def fit_attachments(email: Email) -> Email:
 class Deliverer:
     """Delivers emails to records for one mailbox, keeping the ledger in step with the CRM."""
 
-    def __init__(self, crm: Crm, ledger: SqliteLedger, *, mailbox: str, owner_id: str | None = None):
+    def __init__(self, crm: Crm, ledger: SqliteLedger, *, mailbox: str, owner: MailboxOwner | None = None,
+                 deals: DealPredictor | None = None):
         self._crm = crm
         self._ledger = ledger
         self._mailbox = mailbox
-        self._owner_id = owner_id
+        self._owner = owner
+        self._deals = deals
 
     def deliver(self, email: Email, record: Record, *, sent: bool) -> Verdict:
         """Associate ``email`` with ``record`` unless the ledger says it already was.
@@ -93,7 +97,8 @@ class Deliverer:
             log.info("resend_unknown_outcome", module=record.module, record_id=record.id)
         faultpoints.reach("claimed")
         try:
-            payload = self._payload(fit_attachments(email), sent=sent)
+            linked = self._deals.linked_record(record) if self._deals else None  # before any upload: ids are single-use
+            payload = self._payload(fit_attachments(email), sent=sent, linked_record=linked)
             faultpoints.reach("uploaded")
             result = self._crm.associate_email(record.module, record.id, payload)
         except ParseError as exc:
@@ -112,8 +117,10 @@ class Deliverer:
             wait = exc.retry_after and datetime.now(UTC) + timedelta(seconds=exc.retry_after)
             return Verdict(State.RETRY, str(exc), wait or backoff(attempts))
         except CrmOrgError as exc:
+            if exc.code == "NO_PERMISSION" and self._owner is not None and self._owner.configured:
+                exc = self._owner.no_permission(exc)
             self._ledger.finish(key, State.RETRY, reason=f"{exc.code}: {exc}")
-            raise
+            raise exc from None
         except BaseException:
             self._ledger.release(key)
             raise
@@ -122,9 +129,11 @@ class Deliverer:
             self._ledger.finish(key, State.DUPLICATE, reason="Zoho already had it (DUPLICATE_DATA)")
             return Verdict(State.DUPLICATE, "Zoho already had it")
         self._ledger.finish(key, State.DONE, zoho_message_id=result.zoho_message_id)
+        if linked:
+            self._ledger.record_deal(key, "predicted", linked["id"], linked["name"])
         return Verdict(State.DONE)
 
-    def _payload(self, email: Email, *, sent: bool) -> dict:
+    def _payload(self, email: Email, *, sent: bool, linked_record: dict | None) -> dict:
         inline = [a for a in email.attachments if a.inline and email.mail_format == "html"]
         files = [a for a in email.attachments if a not in inline]
         inline_ids = self._upload(inline, inline=True)
@@ -134,7 +143,8 @@ class Deliverer:
             sent=sent,
             attachments=[(a.filename, fid) for a, fid in zip(files, file_ids)],
             inline_ids={a.content_id: fid for a, fid in zip(inline, inline_ids) if a.content_id},
-            owner_id=self._owner_id,
+            owner_id=self._owner.owner_key() if self._owner else None,
+            linked_record=linked_record,
         )
 
     def _upload(self, attachments: list[Attachment], *, inline: bool) -> list[str]:

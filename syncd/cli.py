@@ -229,7 +229,7 @@ def ledger_show(config_file: str | None, message_id: str) -> None:
     with _settings(config_file, crm=False) as settings:
         led = _open_ledger(settings)
         mid = message_id.strip().strip("<>")
-        found = print_message(led.messages(message_id=mid), led.deliveries(mid))
+        found = print_message(led.messages(message_id=mid), led.deliveries(mid), led.deal_history(mid))
         led.close()
     if not found:
         click.echo(f"syncd: {mid} is not in the ledger", err=True)

@@ -76,6 +76,9 @@ class _MailboxTable(_Strict):
     max_message_size: int = Field(25 * 1024 * 1024, ge=1024)
     maildir: str | None = None
     mbox: str | None = None
+    owner_id: str | None = Field(None, pattern=r"^\d+$")
+    owner_email: str | None = Field(None, pattern=r"^[^@\s]+@[^@\s]+$")
+    predict_deals: bool = True
 
 
 class _MainFile(_Strict):
@@ -226,6 +229,8 @@ def _mailbox(raw: dict[str, Any], file: str, prefix: str, secret: _SecretReader,
     local = t.maildir or t.mbox
     if t.maildir and t.mbox:
         problems.append(Problem(file, f"{prefix}.mbox", "maildir and mbox are both set", "keep one source per mailbox"))
+    if t.owner_id and t.owner_email:
+        problems.append(Problem(file, f"{prefix}.owner_email", "owner_id and owner_email are both set", "keep one of them"))
     password = Secret("")
     if not local:
         for key in ("host", "username"):
@@ -263,6 +268,9 @@ def _mailbox(raw: dict[str, Any], file: str, prefix: str, secret: _SecretReader,
         maildir=_resolve(secret.base, t.maildir),
         mbox=_resolve(secret.base, t.mbox),
         source_file=file,
+        owner_id=t.owner_id,
+        owner_email=t.owner_email,
+        predict_deals=t.predict_deals,
     )
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from syncd.errors import SyncdError
-from syncd.ledger import DeliveryRow, MessageRow
+from syncd.ledger import DealLink, DeliveryRow, MessageRow
 from syncd.pipeline import PassReport
 from syncd.settings import Settings
 from syncd.source import open_source
@@ -84,7 +84,8 @@ def print_messages(rows: Sequence[MessageRow]) -> None:
     click.echo(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
 
 
-def print_message(messages: Sequence[MessageRow], deliveries: Sequence[DeliveryRow]) -> bool:
+def print_message(messages: Sequence[MessageRow], deliveries: Sequence[DeliveryRow],
+                  deals: Sequence[DealLink] = ()) -> bool:
     """The whole story of one Message-ID; False when the ledger has never seen it."""
     if not messages and not deliveries:
         return False
@@ -98,6 +99,9 @@ def print_message(messages: Sequence[MessageRow], deliveries: Sequence[DeliveryR
     for d in deliveries:
         zoho = f", Zoho message id {d.zoho_message_id}" if d.zoho_message_id else ""
         click.echo(f"  → {d.key.module}/{d.key.record_id}: {d.state}{zoho} ({d.attempts} attempt(s)) {d.reason}")
+        for change in (c for c in deals if c.key == d.key):
+            target = f"deal {change.deal_id} ({change.deal_name})" if change.deal_id else "no deal"
+            click.echo(f"      {target}: {change.action} at {change.at:%Y-%m-%d %H:%M:%S}")
     if messages and not deliveries:
         click.echo("  → no CRM record received it (see the reason above)")
     return True

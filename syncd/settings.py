@@ -91,6 +91,11 @@ class MailboxSettings:
     """A local mbox file instead of IMAP (archive import): one folder named after the file."""
     source_file: str = ""
     """The file this mailbox was configured in, for error messages."""
+    owner_id: str | None = None
+    """The Zoho user whose mail this is (else ``owner_email``, looked up; else the token's user)."""
+    owner_email: str | None = None
+    predict_deals: bool = True
+    """Link mail associated with a Contact to its predicted Deal (syncd/deals.py)."""
 
 
 @dataclass(frozen=True)

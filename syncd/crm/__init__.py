@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 
@@ -29,6 +30,16 @@ class Upload:
     filename: str
     data: bytes
     content_type: str = "application/octet-stream"
+
+
+@dataclass(frozen=True, slots=True)
+class Deal:
+    """A Deals record as deal prediction sees it: its Stage and when it last changed."""
+
+    id: str
+    name: str
+    stage: str
+    modified_time: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +66,22 @@ class Crm(Protocol):
 
     def associate_email(self, module: str, record_id: str, email: Mapping[str, Any]) -> Associated:
         """POST one ``Emails[]`` entry to the record's associate_email action."""
+        ...
+
+    def contact_deals(self, contact_id: str) -> list[Deal]:
+        """The Deals related to a Contact (its Deals related list), with Stage and Modified_Time."""
+        ...
+
+    def stage_forecasts(self) -> dict[str, str]:
+        """Deals Stage value → its forecast type (``Open``, ``Closed Won``, ``Closed Lost``), from field metadata."""
+        ...
+
+    def module_id(self, api_name: str) -> str:
+        """The id Zoho gives a module (``linked_record`` needs the Deals module's)."""
+        ...
+
+    def users(self, kind: str = "ActiveUsers") -> list[dict[str, Any]]:
+        """Zoho users of one ``type`` (``CurrentUser``: the token's own user)."""
         ...
 
     def check(self) -> str:

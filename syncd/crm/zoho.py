@@ -13,11 +13,12 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import httpx
 
-from syncd.crm import Associated, Record, Upload
+from syncd.crm import Associated, Deal, Record, Upload
 from syncd.crm.auth import TokenManager
 from syncd.errors import CrmError, CrmOrgError, CrmOutcomeUnknown, CrmRejected, CrmTransientError
 from syncd.settings import CrmSettings
@@ -128,6 +129,61 @@ class ZohoCrm:
             return True
         module_name = (record.get("module") or {}).get("api_name", module)
         return str(record["id"]) == record_id and module_name == module
+
+    # -- deals, users, link / unlink (deal prediction and `syncd link`) ------------------------
+
+    def contact_deals(self, contact_id: str) -> list[Deal]:
+        deals: list[Deal] = []
+        for page in range(1, SEARCH_MAX_PAGES + 1):
+            params = {"fields": "Deal_Name,Stage,Modified_Time", "page": page, "per_page": SEARCH_PAGE_SIZE}
+            answer = self._read("deals", "GET", f"Contacts/{contact_id}/Deals", params=params)
+            deals.extend(_deal(item) for item in answer.get("data") or [] if item.get("id"))
+            if not (answer.get("info") or {}).get("more_records"):
+                break
+        return deals
+
+    def stage_forecasts(self) -> dict[str, str]:
+        """Both the display and the actual value of each Stage map to its forecast type."""
+        answer = self._read("fields", "GET", "settings/fields", params={"module": "Deals"})
+        stage = next((f for f in answer.get("fields") or [] if f.get("api_name") == "Stage"), {})
+        return {
+            str(value[key]): str(value.get("forecast_type") or "")
+            for value in stage.get("pick_list_values") or []
+            for key in ("display_value", "actual_value")
+            if value.get(key)
+        }
+
+    def module_id(self, api_name: str) -> str:
+        answer = self._read("modules", "GET", f"settings/modules/{api_name}")
+        module = next((m for m in answer.get("modules") or [] if m.get("api_name") == api_name), None)
+        if module is None or not module.get("id"):
+            raise CrmRejected(f"Zoho knows no module named {api_name}", code="INVALID_MODULE")
+        return str(module["id"])
+
+    def users(self, kind: str = "ActiveUsers") -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        for page in range(1, SEARCH_MAX_PAGES + 1):
+            answer = self._read("users", "GET", "users", params={"type": kind, "page": page, "per_page": SEARCH_PAGE_SIZE})
+            found.extend(answer.get("users") or [])
+            if not (answer.get("info") or {}).get("more_records"):
+                break
+        return found
+
+    def link_deal(self, contact_id: str, message_ids: Sequence[str], linked_record: Mapping[str, Any],
+                  owner: Mapping[str, str]) -> dict[str, str]:
+        """Link a Contact's existing emails to one deal (setting a link is idempotent: retried like a read).
+
+        Returns Zoho's per-message error (``CODE: message``) for those it refused; {} when all were linked.
+        """
+        items = [{"message_id": m, "linked_record": dict(linked_record), "owner": dict(owner)} for m in message_ids]
+        answer = self._read("link_record", "POST", f"Contacts/{contact_id}/Emails/actions/link_record", json={"Emails": items})
+        return _item_failures(message_ids, answer.get("Emails") or [])
+
+    def unlink_deal(self, contact_id: str, message_ids: Sequence[str], owner_id: str) -> dict[str, str]:
+        """Remove the deal link of a Contact's emails (the emails stay); per-message failures as for ``link_deal``."""
+        params = {"owner_id": owner_id, "message_ids": ",".join(message_ids)}
+        answer = self._read("link_record", "DELETE", f"Contacts/{contact_id}/Emails/actions/link_record", params=params)
+        return _item_failures(message_ids, answer.get("Emails") or [])
 
     def check(self) -> str:
         """Token refresh plus one cheap read, described in one line."""
@@ -306,3 +362,26 @@ def _matching_record(module: str, item: Mapping[str, Any], wanted: str) -> Recor
             name = next((item[k] for k in _NAME_FIELDS if isinstance(item.get(k), str) and item[k]), "")
             return Record(module=module, id=str(item.get("id", "")), name=name, email=value.strip())
     return None
+
+
+def _deal(item: Mapping[str, Any]) -> Deal:
+    stage = item.get("Stage")
+    if isinstance(stage, Mapping):  # some API versions answer picklists as {"display_value", "actual_value"}
+        stage = stage.get("actual_value") or stage.get("display_value")
+    try:
+        modified = datetime.fromisoformat(str(item.get("Modified_Time")))
+    except ValueError:
+        modified = None
+    return Deal(str(item["id"]), str(item.get("Deal_Name") or ""), str(stage or ""), modified)
+
+
+def _item_failures(message_ids: Sequence[str], items: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """Zoho answers one item per message, in order; the refused ones as message id → ``CODE: message``."""
+    failures = {}
+    for message_id, item in zip(message_ids, items):
+        if item.get("status") != "success":
+            code, message = _code_and_message(item)
+            failures[message_id] = f"{code or 'error'}: {message}"
+    for message_id in message_ids[len(items):]:
+        failures[message_id] = "no answer for this message"
+    return failures

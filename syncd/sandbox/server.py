@@ -126,6 +126,7 @@ class SandboxServer:
         self._routes: list[tuple[str, re.Pattern[str], Handler, str | None]] = [
             ("GET", re.compile(r"/users"), self._users, None),
             ("GET", re.compile(r"/settings/fields"), self._fields, None),
+            ("GET", re.compile(r"/settings/modules/(\w+)"), self._module, None),
             ("GET", re.compile(r"/actions/email_available"), self._email_available, None),
             ("POST", re.compile(r"/files"), self._files, None),
             ("GET", re.compile(r"/(\w+)/search"), self._search, None),
@@ -280,6 +281,12 @@ class SandboxServer:
             ]
         return Response(200, {"fields": fields})
 
+    def _module(self, request: Request, api_name: str) -> Response:
+        if api_name not in self.org.module_ids:
+            raise ZohoError(400, "INVALID_MODULE", "the module name given seems to be invalid", {"api_name": api_name})
+        module = {"api_name": api_name, "module_name": api_name, "id": self.org.module_ids[api_name], "api_supported": True}
+        return Response(200, {"modules": [module]})
+
     def _email_available(self, request: Request) -> Response:
         original = request.arg("orginal_message_id") or request.arg("original_message_id")
         email = self.org.find_original(original)
@@ -322,12 +329,14 @@ class SandboxServer:
         items = []
         for entry in request.json()["Emails"]:
             mid = message_id or str(entry.get("message_id", ""))
+            self.org.check_owner(entry["owner"])
             self.org.link("Contacts", contact_id, mid, entry["linked_record"])
             items.append(_success("email has been linked with the deal successfully", message_id=mid))
         return Response(200, {"Emails": items})
 
     def _unlink(self, request: Request, contact_id: str, message_id: str | None) -> Response:
         ids = [message_id] if message_id else [m for m in request.arg("message_ids").split(",") if m]
+        self.org.check_owner({"id": request.arg("owner_id")})
         for mid in ids:
             self.org.link("Contacts", contact_id, mid, None)
         items = [_success("email has been unlinked from the deal successfully", message_id=mid) for mid in ids]

@@ -211,7 +211,8 @@ class Org:
             owned = self.emails.setdefault((module, record_id), {})
             if str(entry["original_message_id"]) in owned:
                 raise ZohoError(400, "DUPLICATE_DATA", "duplicate data", {"api_name": "original_message_id"})
-            self._check_owner(entry.get("owner"))
+            if entry.get("owner") is not None:
+                self.check_owner(entry["owner"])
             linked = self._check_linked(entry.get("linked_record"))
             files = [self.files.get(f) for f in file_ids]
             if any(f is None for f in files):
@@ -225,12 +226,11 @@ class Org:
             self.received.append(stored)
             return stored.message_id
 
-    def _check_owner(self, owner: object) -> None:
-        if owner is None:
-            return
-        if not self.admin:
-            raise ZohoError(403, "NO_PERMISSION", "Only Admin Role/Profile Users will have permission")
+    def check_owner(self, owner: object) -> None:
+        """Acting for ``owner``: anyone may act for themselves (the token's user), only an admin for others."""
         owner_id = owner.get("id") if isinstance(owner, Mapping) else None
+        if not self.admin and owner_id != self.users[0]["id"]:
+            raise ZohoError(403, "NO_PERMISSION", "Only Admin Role/Profile Users will have permission")
         if owner_id not in {u["id"] for u in self.users}:
             raise ZohoError(400, "INVALID_DATA", "Provide a Proper owner id", {"api_name": "owner"})
 
@@ -238,7 +238,7 @@ class Org:
         if not isinstance(linked, Mapping):
             return None
         module = (linked.get("module") or {}).get("api_name")
-        if module not in self.module_ids:
+        if module not in self.module_ids or (linked.get("module") or {}).get("id") != self.module_ids[module]:
             raise ZohoError(400, "INVALID_DATA", "the api_name given seems to be invalid", {"api_name": "linked_record"})
         if self.record(module, str(linked.get("id"))) is None:
             raise ZohoError(400, "INVALID_DATA", "the parent entity id given seems to be invalid", {"api_name": "linked_record"})

@@ -41,6 +41,7 @@ _ENDPOINT_FILES = (
     "users.json",
     "fields.json",
     "pipeline.json",
+    "modules.json",
     "coql.json",
     "related_records.json",
     "record.json",

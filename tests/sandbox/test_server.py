@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from syncd.sandbox import SandboxServer
+from syncd.sandbox.state import MODULE_IDS
 from tests.fixtures.crm import token_form, valid_entry as entry
 
 
@@ -96,7 +97,8 @@ def test_associate_success_and_duplicate(crm_server: SandboxServer, http: httpx.
         ("Contacts", {"attachments": [{"id": "f" * 64, "name": "x"}]}, 400, "INVALID_DATA", "file id is improper"),
         ("Contacts", {"owner": {"id": "1"}}, 400, "INVALID_DATA", "owner id"),
         ("Contacts", {"linked_record": {"id": "1", "name": "x", "module": {"api_name": "Nope", "id": "2"}}}, 400, "INVALID_DATA", "api_name"),
-        ("Contacts", {"linked_record": {"id": "1", "name": "x", "module": {"api_name": "Deals", "id": "2"}}}, 400, "INVALID_DATA", "parent entity"),
+        ("Contacts", {"linked_record": {"id": "1", "name": "x", "module": {"api_name": "Deals", "id": "2"}}}, 400, "INVALID_DATA", "api_name"),
+        ("Contacts", {"linked_record": {"id": "1", "name": "x", "module": {"api_name": "Deals", "id": MODULE_IDS["Deals"]}}}, 400, "INVALID_DATA", "parent entity"),
         ("Contacts", {"sent": "no"}, 400, "INVALID_DATA", "invalid data"),
     ],
 )
@@ -123,13 +125,13 @@ def test_attachment_total_over_10mb(crm_server: SandboxServer, http: httpx.Clien
 
 
 def test_owner_needs_admin() -> None:
-    """A non-admin user giving an owner gets 403 NO_PERMISSION."""
+    """A non-admin user naming another user as owner gets 403 NO_PERMISSION."""
     with SandboxServer(admin=False) as server:
         (record_id,) = server.seed("Contacts", [{"Last_Name": "X", "Email": "x@example.com"}])
         token = httpx.post(f"{server.url}/oauth/v2/token", data=token_form(server)).json()["access_token"]
         response = httpx.post(
             f"{server.url}/crm/v8/Contacts/{record_id}/actions/associate_email",
-            json={"Emails": [entry(owner={"id": server.org.users[0]["id"]})]},
+            json={"Emails": [entry(owner={"id": server.org.users[1]["id"]})]},
             headers={"Authorization": f"Zoho-oauthtoken {token}"},
         )
     assert (response.status_code, response.json()["Emails"][0]["code"]) == (403, "NO_PERMISSION")
@@ -144,12 +146,13 @@ def test_emails_list_available_and_deal_linking(crm_server: SandboxServer, http:
     assert [(e["message_id"], e["original_message_id"]) for e in listed] == [(message_id, "m1@example.com")]
     available = http.get("/crm/v8/actions/email_available", params={"orginal_message_id": "m1@example.com"}).json()
     assert available["available"] is True and available["record"]["id"] == record
-    link = {"linked_record": {"module": {"api_name": "Deals", "id": "1"}, "name": "Big", "id": deal}, "owner": {"id": "1"}}
+    owner = crm_server.org.users[0]["id"]
+    link = {"linked_record": {"module": {"api_name": "Deals", "id": MODULE_IDS["Deals"]}, "name": "Big", "id": deal}, "owner": {"id": owner}}
     linked = http.post(f"/crm/v8/Contacts/{record}/Emails/{message_id}/actions/link_record", json={"Emails": [link]})
     assert linked.json()["Emails"][0]["code"] == "SUCCESS"
     assert crm_server.received()[0].linked_record is not None
     unlinked = http.delete(
-        f"/crm/v8/Contacts/{record}/Emails/actions/link_record", params={"owner_id": "1", "message_ids": message_id}
+        f"/crm/v8/Contacts/{record}/Emails/actions/link_record", params={"owner_id": owner, "message_ids": message_id}
     )
     assert unlinked.json()["Emails"][0]["details"]["message_id"] == message_id
     assert crm_server.received()[0].linked_record is None
