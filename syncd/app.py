@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import structlog
 
+from syncd import metrics
 from syncd.associate import Deliverer
 from syncd.deals import DealPredictor
 from syncd.owner import MailboxOwner
@@ -51,19 +52,42 @@ class App:
         }
 
     def safe_pass(self, name: str) -> PassReport:
-        """One pass of one mailbox that never raises: failures land in the report and the log."""
+        """One pass of one mailbox that never raises: failures land in the report, the log, the metrics
+        and the ledger's poll record (what ``syncd status`` shows)."""
+        report = self._pass(name)
+        metrics.pass_done(name, complete=report.complete, failed=bool(report.errors))
+        try:
+            self.ledger.record_poll(name, error="; ".join(report.errors), error_kind=report.error_kind)
+        except SyncdError as exc:
+            log.error("poll_not_recorded", mailbox=name, error=str(exc))
+        return report
+
+    def _pass(self, name: str) -> PassReport:
         try:
             return self.syncs[name].run_pass()
         except SyncdError as exc:
             log.error("pass_failed", mailbox=name, error=str(exc), kind=type(exc).__name__)
-            report = PassReport(name)
+            report = PassReport(name, error_kind=type(exc).__name__)
             report.errors.append(str(exc))
             return report
         except Exception as exc:  # a bug must not kill the daemon: log it whole, go on
             log.exception("pass_crashed", mailbox=name, error=repr(exc))
-            report = PassReport(name)
+            report = PassReport(name, error_kind="internal")
             report.errors.append(f"internal error: {exc!r}")
             return report
+
+    def readiness(self) -> list[str]:
+        """What keeps this process from syncing (empty: ready): the ledger unreadable, no CRM token to be had."""
+        problems = []
+        try:
+            self.ledger.polls()
+        except SyncdError as exc:
+            problems.append(f"ledger: {exc}")
+        try:
+            self.crm.ensure_token()
+        except SyncdError as exc:
+            problems.append(f"crm: {exc}")
+        return problems
 
     def once(self, names: list[str] | None = None) -> list[PassReport]:
         """One pass over the named (default: every) mailbox, in parallel; reports in config order."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from syncd import __version__, config, log
+from syncd import __version__, config, log, metrics
 from syncd.errors import ConfigError, LedgerError, SyncdError
 from syncd.ledger import State
 from syncd.settings import Settings
@@ -124,6 +124,7 @@ def run(config_file: str | None, names: tuple[str, ...]) -> None:
         liveness = Liveness()
         app = App(settings, stopping=stopping, source_factory=liveness.watch(open_source))
         try:
+            metrics.serve(settings.metrics.listen, app.readiness)
             run_until_stopped(app, liveness=liveness, notifier=Notifier())
         finally:
             app.close()
@@ -155,6 +156,29 @@ def once(config_file: str | None, names: tuple[str, ...]) -> None:
 
     print_pass_summary(reports, calls, ledger_path=settings.ledger.path, demo=settings.demo)
     if not all(r.complete for r in reports):
+        sys.exit(EXIT_INCOMPLETE)
+
+
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts.")
+def status(config_file: str | None, as_json: bool) -> None:
+    """Per mailbox: last poll, lag, messages per state, last error and what to do; exit 1 when one needs attention."""
+    import json
+
+    from syncd.status import collect, print_table
+
+    with _settings(config_file, crm=False) as settings:
+        led = _open_ledger(settings)
+        try:
+            statuses = collect(settings.mailboxes, led.polls(), led.counts())
+        finally:
+            led.close()
+    if as_json:
+        click.echo(json.dumps({"mailboxes": [s.as_json() for s in statuses]}, indent=2))
+    else:
+        print_table(statuses)
+    if any(s.state != "ok" for s in statuses):
         sys.exit(EXIT_INCOMPLETE)
 
 

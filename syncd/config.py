@@ -21,11 +21,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from syncd.errors import ConfigError, Problem
+from syncd.metrics import parse_listen
 from syncd.settings import (
     DATA_CENTERS,
     CrmSettings,
     LedgerSettings,
     MailboxSettings,
+    MetricsSettings,
     Secret,
     Settings,
 )
@@ -81,9 +83,14 @@ class _MailboxTable(_Strict):
     predict_deals: bool = True
 
 
+class _MetricsTable(_Strict):
+    listen: str | None = None
+
+
 class _MainFile(_Strict):
     crm: dict[str, Any] = Field(default_factory=dict)
     ledger: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
     mailbox: list[dict[str, Any]] = Field(default_factory=list)
 
 
@@ -274,6 +281,17 @@ def _mailbox(raw: dict[str, Any], file: str, prefix: str, secret: _SecretReader,
     )
 
 
+def _metrics(raw: dict[str, Any], file: str, problems: list[Problem]) -> MetricsSettings:
+    try:
+        t = _MetricsTable.model_validate(raw)
+        return MetricsSettings(listen=parse_listen(t.listen) if t.listen else None)
+    except ValidationError as err:
+        problems.extend(_problems_from(err, file, "metrics"))
+    except ValueError as exc:
+        problems.append(Problem(file, "metrics.listen", str(exc), 'write it as "127.0.0.1:9310" (or a bare port: loopback)'))
+    return MetricsSettings()
+
+
 def load(path: Path, env: Mapping[str, str] | None = None, only: Collection[str] = ()) -> Settings:
     """Read and validate the configuration at ``path`` (and its ``mailboxes.d``); raise ConfigError.
 
@@ -300,6 +318,7 @@ def load(path: Path, env: Mapping[str, str] | None = None, only: Collection[str]
         problems.extend(_problems_from(err, file, "ledger"))
         ledger = None
 
+    metrics = _metrics(main.metrics, file, problems)
     mailboxes = [_mailbox(m, file, f"mailbox[{i}]", secret, problems) for i, m in enumerate(main.mailbox) if _wanted(m, only)]
     for extra in sorted((base / "mailboxes.d").glob("*.toml")):
         doc = _read_toml(extra, problems)
@@ -327,7 +346,7 @@ def load(path: Path, env: Mapping[str, str] | None = None, only: Collection[str]
     if problems:
         raise ConfigError(problems)
     assert crm is not None and ledger is not None
-    return Settings(crm=crm, ledger=ledger, mailboxes=tuple(found), source_file=file)
+    return Settings(crm=crm, ledger=ledger, mailboxes=tuple(found), source_file=file, metrics=metrics)
 
 
 def _wanted(raw: dict[str, Any], only: Collection[str]) -> bool:

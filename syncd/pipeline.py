@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 import structlog
 
+from syncd import metrics
 from syncd.associate import Deliverer, Verdict, backoff
 from syncd.email import Email
 from syncd.errors import CrmOrgError, FolderError, LedgerError, ParseError, SourceError
@@ -42,6 +43,8 @@ class PassReport:
     mailbox: str
     states: Counter = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
+    error_kind: str = ""
+    """The class of the last error (``FolderError``, ``CrmOrgError``, ...): what ``syncd status`` advises on."""
     details: list[tuple[str, str, State, str]] = field(default_factory=list)
     """(folder, subject, state, reason) per message handled, for the demo's summary."""
 
@@ -82,9 +85,11 @@ class MailboxSync:
                     except FolderError as exc:
                         log.error("folder_unavailable", folder=folder.name, error=str(exc))
                         report.errors.append(str(exc))
+                        report.error_kind = type(exc).__name__
                     except CrmOrgError as exc:
                         log.error("crm_paused", code=exc.code, error=str(exc))
                         report.errors.append(f"CRM: {exc}")
+                        report.error_kind = type(exc).__name__
                         break
         log.info("pass_done", **{str(k): v for k, v in report.states.items()}, complete=report.complete)
         return report
@@ -105,6 +110,7 @@ class MailboxSync:
         now = datetime.now(UTC)
         todo = sorted(set(due) | {u for u in new if not _settled(known.get(u), now)})
         verdicts = {u: row.state for u, row in known.items()}
+        metrics.folder_started(self.mailbox.name, name, len(todo))
         transient_in_a_row = 0
         finished = True
         with structlog.contextvars.bound_contextvars(folder=name):
@@ -167,6 +173,7 @@ class MailboxSync:
         self._ledger.record_message(key, message_id=message_id, state=verdict.state, reason=verdict.reason,
                                     subject=subject, sender=sender, retry_at=verdict.retry_at)
         report.states[verdict.state] += 1
+        metrics.message_recorded(key.mailbox, key.folder, verdict.state)
         report.details.append((key.folder, subject, verdict.state, verdict.reason))
         level = "warning" if verdict.state in (State.QUARANTINED, State.RETRY) else "info"
         getattr(log, level)("message", state=str(verdict.state), reason=verdict.reason, size=raw.size)

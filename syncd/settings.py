@@ -99,6 +99,12 @@ class MailboxSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    listen: tuple[str, int] | None = None
+    """(host, port) of the /metrics, /healthz and /readyz endpoint; None: no endpoint."""
+
+
+@dataclass(frozen=True)
 class Settings:
     crm: CrmSettings
     ledger: LedgerSettings
@@ -106,3 +112,4 @@ class Settings:
     source_file: str = ""
     demo: bool = False
     """True when no configuration was found and the built-in sandbox and sample mailbox are used."""
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)

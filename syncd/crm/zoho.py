@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from syncd import metrics
 from syncd.crm import Associated, Deal, Record, Upload
 from syncd.crm.auth import TokenManager
 from syncd.errors import CrmError, CrmOrgError, CrmOutcomeUnknown, CrmRejected, CrmTransientError
@@ -191,6 +192,10 @@ class ZohoCrm:
         users = answer.get("users") or [{}]
         return f"Zoho CRM at {self._tokens.api_domain} as {users[0].get('email', '?')}"
 
+    def ensure_token(self) -> None:
+        """Raise CrmError unless an access token can be had (a cached one costs no call): readiness."""
+        self._tokens.token()
+
     def close(self) -> None:
         self._http.close()
 
@@ -258,7 +263,7 @@ class ZohoCrm:
         with self._calls_lock:
             self._calls[name] += 1
         try:
-            return self._http.request(method, url, **kwargs)
+            return self._timed(name, method, url, **kwargs)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             if "CERTIFICATE_VERIFY_FAILED" in str(exc):
                 raise CrmOrgError(
@@ -272,6 +277,17 @@ class ZohoCrm:
         except httpx.HTTPError as exc:
             # The request (or part of it) left: Zoho may have applied it.
             raise CrmOutcomeUnknown(f"no answer from Zoho ({name}): {type(exc).__name__}: {exc}") from None
+
+    def _timed(self, name: str, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One request, reported to the metrics: latency, HTTP status, API credits left."""
+        started = time.monotonic()
+        try:
+            response = self._http.request(method, url, **kwargs)
+        except httpx.HTTPError:
+            metrics.crm_unanswered(name, time.monotonic() - started)
+            raise
+        metrics.crm_answered(name, response.status_code, response.headers, time.monotonic() - started)
+        return response
 
 
 def _tls_context(settings: CrmSettings) -> ssl.SSLContext:

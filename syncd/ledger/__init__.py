@@ -77,6 +77,19 @@ class MessageRow:
 
 
 @dataclass(frozen=True, slots=True)
+class PollRow:
+    """A mailbox's last pass: when it ended, the last one without error, and the last error met."""
+
+    mailbox: str
+    last_poll: datetime
+    last_success: datetime | None
+    last_error: str
+    error_kind: str
+    """The error's class (``SourceAuthError``, ``CrmOrgError``, ...): what ``syncd status`` advises on."""
+    error_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class DeliveryRow:
     key: DeliveryKey
     state: State

@@ -26,10 +26,11 @@ from syncd.ledger import (
     Linkable,
     MessageKey,
     MessageRow,
+    PollRow,
     State,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -63,6 +64,12 @@ CREATE TABLE deal_links (
     message_id TEXT NOT NULL, module TEXT NOT NULL, record_id TEXT NOT NULL,
     action TEXT NOT NULL, deal_id TEXT, deal_name TEXT NOT NULL DEFAULT '', at TEXT NOT NULL);
 CREATE INDEX deal_links_by_id ON deal_links (message_id);
+""",
+    # 3: when each mailbox was last polled, and its last error, for `syncd status`.
+    3: """
+CREATE TABLE polls (
+    mailbox TEXT PRIMARY KEY, last_poll TEXT NOT NULL, last_success TEXT,
+    last_error TEXT NOT NULL DEFAULT '', error_kind TEXT NOT NULL DEFAULT '', error_at TEXT);
 """,
 }
 """SQL that upgrades a ledger from version N-1 to N; each runs in one transaction with its version bump."""
@@ -217,6 +224,26 @@ class SqliteLedger:
             sql += f" LIMIT {int(limit)}"
         with self._lock:
             return [self._message(r) for r in self._run(sql, params).fetchall()]
+
+    def record_poll(self, mailbox: str, *, error: str = "", error_kind: str = "") -> None:
+        """A pass over ``mailbox`` ended, with ``error`` (empty: none); an error is kept until the next one."""
+        now = _now()
+        with self._lock:
+            self._run(
+                "INSERT INTO polls VALUES (?, ?, NULL, '', '', NULL) ON CONFLICT (mailbox) DO UPDATE SET last_poll=?",
+                (mailbox, now, now),
+            )
+            if error:
+                self._run("UPDATE polls SET last_error=?, error_kind=?, error_at=? WHERE mailbox=?",
+                          (error[:2000], error_kind, now, mailbox))
+            else:
+                self._run("UPDATE polls SET last_success=? WHERE mailbox=?", (now, mailbox))
+
+    def polls(self) -> dict[str, PollRow]:
+        """Every mailbox's last poll, by mailbox name."""
+        with self._lock:
+            rows = self._run("SELECT mailbox, last_poll, last_success, last_error, error_kind, error_at FROM polls").fetchall()
+        return {r[0]: PollRow(r[0], _dt(r[1]), _dt(r[2]), r[3], r[4], _dt(r[5])) for r in rows}
 
     def counts(self) -> dict[tuple[str, State], int]:
         """Messages per (mailbox, state)."""

@@ -116,6 +116,8 @@ class SandboxServer:
         self.violations: list[Violation] = []
         self.requests: list[tuple[str, str]] = []
         """(method, path) of every request received, in order."""
+        self.credits = 5000
+        """API credits left today: one per successful API call, reported like Zoho in X-API-CREDITS-REMAINING."""
         self._address = (host, port)
         self._validator = shared_validator()
         self._faults: list[Fault] = []
@@ -257,9 +259,13 @@ class SandboxServer:
             return _zoho_error(ZohoError(404, "INVALID_URL_PATTERN", "Please check if the URL trying to access is a correct one"), None)
         handler, found, _ = route
         try:
-            return handler(request, *found.groups())
+            response = handler(request, *found.groups())
         except ZohoError as exc:
             return _zoho_error(exc, wrap)
+        with self._lock:
+            self.credits -= 1
+            response.headers.setdefault("X-API-CREDITS-REMAINING", str(self.credits))
+        return response
 
     # -- endpoints ------------------------------------------------------------------------
 
