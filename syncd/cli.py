@@ -315,3 +315,44 @@ def ledger_forget(config_file: str | None, message_id: str) -> None:
         n = led.forget(message_id.strip().strip("<>"))
         led.close()
     click.echo(f"{n} message row(s) queued again")
+
+
+link_selection = [
+    click.argument("message_ids", nargs=-1, metavar="[MESSAGE_ID]..."),
+    click.option("--mailbox", default=None, metavar="NAME", help="Every email of this mailbox (with the other filters)."),
+    click.option("--contact", default=None, metavar="ID", help="Every email on this Contact (with the other filters)."),
+]
+
+
+def _link_options(fn: Callable) -> Callable:
+    for decorate in reversed(link_selection):
+        fn = decorate(fn)
+    return config_option(fn)
+
+
+@main.command()
+@_link_options
+@click.option("--deal", "deal_id", required=True, metavar="DEAL_ID", help="The Deal to link the emails to.")
+@_fail_clearly
+def link(config_file: str | None, message_ids: tuple[str, ...], mailbox: str | None, contact: str | None,
+         deal_id: str) -> None:
+    """Link emails already in Zoho to a Deal (replacing any other), chosen by Message-ID or from the ledger."""
+    from syncd.linking import command
+
+    with _settings(config_file) as settings:
+        code = command(settings, "link", message_ids=message_ids, mailbox=mailbox, contact=contact, deal_id=deal_id)
+    sys.exit(code)
+
+
+@main.command()
+@_link_options
+@click.option("--deal", "deal_id", default=None, metavar="DEAL_ID", help="Every email now linked to this Deal.")
+@_fail_clearly
+def unlink(config_file: str | None, message_ids: tuple[str, ...], mailbox: str | None, contact: str | None,
+           deal_id: str | None) -> None:
+    """Remove the Deal link of emails already in Zoho (they stay on their Contact)."""
+    from syncd.linking import command
+
+    with _settings(config_file) as settings:
+        code = command(settings, "unlink", message_ids=message_ids, mailbox=mailbox, contact=contact, deal_id=deal_id)
+    sys.exit(code)

@@ -72,6 +72,19 @@ class Crm(Protocol):
         """The Deals related to a Contact (its Deals related list), with Stage and Modified_Time."""
         ...
 
+    def deal(self, deal_id: str) -> Deal:
+        """One Deals record (its name: the Link Deal API wants it)."""
+        ...
+
+    def link_deal(self, contact_id: str, message_ids: Sequence[str], linked_record: Mapping[str, Any],
+                  owner: Mapping[str, str]) -> dict[str, str]:
+        """Link a Contact's existing emails (Zoho's message ids) to a deal; refused ids → Zoho's reason."""
+        ...
+
+    def unlink_deal(self, contact_id: str, message_ids: Sequence[str], owner_id: str) -> dict[str, str]:
+        """Remove the deal link of a Contact's existing emails; refused ids → Zoho's reason."""
+        ...
+
     def stage_forecasts(self) -> dict[str, str]:
         """Deals Stage value → its forecast type (``Open``, ``Closed Won``, ``Closed Lost``), from field metadata."""
         ...

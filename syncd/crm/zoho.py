@@ -161,6 +161,13 @@ class ZohoCrm:
             raise CrmRejected(f"Zoho knows no module named {api_name}", code="INVALID_MODULE")
         return str(module["id"])
 
+    def deal(self, deal_id: str) -> Deal:
+        answer = self._read("deals", "GET", f"Deals/{deal_id}")
+        items = answer.get("data") or []
+        if not items:
+            raise CrmRejected(f"Zoho has no deal {deal_id}", code="INVALID_DATA")
+        return _deal(items[0])
+
     def users(self, kind: str = "ActiveUsers") -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
         for page in range(1, SEARCH_MAX_PAGES + 1):
