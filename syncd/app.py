@@ -16,7 +16,6 @@ from syncd.crm import Crm
 from syncd.crm.zoho import ZohoCrm
 from syncd.errors import SyncdError
 from syncd.ledger.sqlite import SqliteLedger
-from syncd.log import redact
 from syncd.match import Matcher
 from syncd.pipeline import MailboxSync, PassReport
 from syncd.settings import MailboxSettings, Settings
@@ -33,8 +32,6 @@ class App:
                  crm: Crm | None = None):
         self.settings = settings
         self.stopping = stopping or threading.Event()
-        redact(settings.crm.client_secret.reveal(), settings.crm.refresh_token.reveal(),
-               *(m.password.reveal() for m in settings.mailboxes))
         self.ledger = SqliteLedger(settings.ledger.path)
         self.crm = crm or ZohoCrm(settings.crm)
         matcher = Matcher(self.crm, settings.crm.modules)

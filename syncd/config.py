@@ -17,6 +17,7 @@ import tomllib
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -28,6 +29,7 @@ from syncd.settings import (
     LedgerSettings,
     MailboxSettings,
     MetricsSettings,
+    OAuthSettings,
     Secret,
     Settings,
 )
@@ -78,6 +80,14 @@ class _MailboxTable(_Strict):
     max_message_size: int = Field(25 * 1024 * 1024, ge=1024)
     maildir: str | None = None
     mbox: str | None = None
+    auth: Literal["password", "xoauth2", "oauthbearer"] = "password"
+    oauth_token_url: str | None = Field(None, pattern=r"^https?://\S+$")
+    oauth_client_id: str = ""
+    oauth_client_secret: str | None = None
+    oauth_client_secret_file: str | None = None
+    oauth_refresh_token: str | None = None
+    oauth_refresh_token_file: str | None = None
+    oauth_scope: str = ""
     owner_id: str | None = Field(None, pattern=r"^\d+$")
     owner_email: str | None = Field(None, pattern=r"^[^@\s]+@[^@\s]+$")
     predict_deals: bool = True
@@ -239,14 +249,18 @@ def _mailbox(raw: dict[str, Any], file: str, prefix: str, secret: _SecretReader,
     if t.owner_id and t.owner_email:
         problems.append(Problem(file, f"{prefix}.owner_email", "owner_id and owner_email are both set", "keep one of them"))
     password = Secret("")
+    oauth = None
     if not local:
         for key in ("host", "username"):
             if not getattr(t, key):
                 problems.append(Problem(file, f"{prefix}.{key}", "no value given", f"set the IMAP {key} of mailbox {t.name!r}"))
-        password = secret(
-            t, "password", file=file, prefix=prefix,
-            env_var=_env_name("MAILBOX", t.name, "PASSWORD"), credential=t.name,
-        )
+        if t.auth == "password":
+            password = secret(
+                t, "password", file=file, prefix=prefix,
+                env_var=_env_name("MAILBOX", t.name, "PASSWORD"), credential=t.name,
+            )
+        else:
+            oauth = _oauth(t, file, prefix, secret, problems)
         if t.security == "none" and t.host and not t.allow_insecure and not is_loopback(t.host):
             problems.append(
                 Problem(file, f"{prefix}.security", f"plaintext IMAP to {t.host} would expose the password",
@@ -275,10 +289,31 @@ def _mailbox(raw: dict[str, Any], file: str, prefix: str, secret: _SecretReader,
         maildir=_resolve(secret.base, t.maildir),
         mbox=_resolve(secret.base, t.mbox),
         source_file=file,
+        auth=t.auth,
+        oauth=oauth,
         owner_id=t.owner_id,
         owner_email=t.owner_email,
         predict_deals=t.predict_deals,
     )
+
+
+def _oauth(t: _MailboxTable, file: str, prefix: str, secret: _SecretReader, problems: list[Problem]) -> OAuthSettings:
+    """The OAuth client of a mailbox that logs in with an access token (``auth`` = xoauth2 / oauthbearer)."""
+    url = t.oauth_token_url or ""
+    if not url:
+        problems.append(Problem(file, f"{prefix}.oauth_token_url", "no value given",
+                                "set the provider's token URL (Gmail: https://oauth2.googleapis.com/token, Microsoft 365: "
+                                "https://login.microsoftonline.com/TENANT/oauth2/v2.0/token)"))
+    elif url.startswith("http://") and not is_loopback(urlsplit(url).hostname or ""):
+        problems.append(Problem(file, f"{prefix}.oauth_token_url", "plain http would expose the refresh token",
+                                "use the provider's https:// URL"))
+    if not t.oauth_client_id:
+        problems.append(Problem(file, f"{prefix}.oauth_client_id", "no value given", "set the OAuth client id of your app registration"))
+    client_secret, refresh_token = (
+        secret(t, key, file=file, prefix=prefix, env_var=_env_name("MAILBOX", t.name, key), credential=f"{t.name}.{key}")
+        for key in ("oauth_client_secret", "oauth_refresh_token")
+    )
+    return OAuthSettings(url, t.oauth_client_id, client_secret, refresh_token, t.oauth_scope)
 
 
 def _metrics(raw: dict[str, Any], file: str, problems: list[Problem]) -> MetricsSettings:

@@ -10,18 +10,36 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+from collections import deque
 from typing import Any, TextIO
 
 import structlog
 
-_secrets: set[str] = set()
+MAX_TOKENS = 64
+"""Access tokens remembered for redaction: refreshes come hourly, so this covers days of them."""
+
+_configured: set[str] = set()
+_tokens: deque[str] = deque(maxlen=MAX_TOKENS)
+_secrets: frozenset[str] = frozenset()
+"""What ``_scrub`` hides: replaced whole on each change, so threads that log never see it change size."""
 _lock = threading.Lock()
 
 
 def redact(*values: str) -> None:
     """Never print these strings (passwords, tokens, client secrets); short ones are ignored."""
+    global _secrets
     with _lock:
-        _secrets.update(v for v in values if v and len(v) >= 4)
+        _configured.update(v for v in values if v and len(v) >= 4)
+        _secrets = frozenset(_configured) | frozenset(_tokens)
+
+
+def redact_token(value: str) -> None:
+    """Never print this access token; only the latest ``MAX_TOKENS`` are kept (older ones have expired)."""
+    global _secrets
+    with _lock:
+        if value and len(value) >= 4:
+            _tokens.append(value)
+        _secrets = frozenset(_configured) | frozenset(_tokens)
 
 
 def _scrub(text: str) -> str:

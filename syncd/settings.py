@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from syncd.log import redact
+
 DATA_CENTERS: dict[str, tuple[str, str]] = {
     # data_center: (api_domain, accounts_url)
     "com": ("https://www.zohoapis.com", "https://accounts.zoho.com"),
@@ -20,12 +22,17 @@ DATA_CENTERS: dict[str, tuple[str, str]] = {
 
 
 class Secret:
-    """A password or token: prints as ``'***'`` everywhere, ``reveal()`` gives the value."""
+    """A password or token: prints as ``'***'`` everywhere, ``reveal()`` gives the value.
+
+    Every value is also handed to ``syncd.log.redact`` on creation, so no log line of any
+    command can print it, even where it slips into a library's message.
+    """
 
     __slots__ = ("_value",)
 
     def __init__(self, value: str):
         self._value = value
+        redact(value)
 
     def reveal(self) -> str:
         return self._value
@@ -67,6 +74,18 @@ class LedgerSettings:
 
 
 @dataclass(frozen=True)
+class OAuthSettings:
+    """A mailbox's OAuth client and refresh token; access tokens come from ``token_url`` (refresh-token grant)."""
+
+    token_url: str
+    client_id: str
+    client_secret: Secret
+    refresh_token: Secret
+    scope: str = ""
+    """Sent with each refresh when set (Microsoft wants e.g. ``https://outlook.office.com/IMAP.AccessAsUser.All``)."""
+
+
+@dataclass(frozen=True)
 class MailboxSettings:
     name: str
     host: str = ""
@@ -91,6 +110,10 @@ class MailboxSettings:
     """A local mbox file instead of IMAP (archive import): one folder named after the file."""
     source_file: str = ""
     """The file this mailbox was configured in, for error messages."""
+    auth: Literal["password", "xoauth2", "oauthbearer"] = "password"
+    """How to log in: the password, or an OAuth access token (Gmail, Microsoft 365) with SASL XOAUTH2 / OAUTHBEARER."""
+    oauth: OAuthSettings | None = None
+    """Where access tokens come from when ``auth`` is not ``password``."""
     owner_id: str | None = None
     """The Zoho user whose mail this is (else ``owner_email``, looked up; else the token's user)."""
     owner_email: str | None = None

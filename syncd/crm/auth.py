@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from syncd.errors import CrmError, CrmOrgError, CrmTransientError
+from syncd.log import redact_token
 from syncd.settings import DATA_CENTERS, CrmSettings
 
 TokenFetch = Callable[[Mapping[str, str]], Mapping[str, Any]]
@@ -103,6 +104,7 @@ class TokenManager:
             raise CrmTransientError("Zoho's token endpoint answered without an access_token", code="NO_TOKEN")
         expires_in = float(answer.get("expires_in") or 3600)
         self._token = token
+        redact_token(token)  # never printed, whatever library message it ends up in
         self._expires_at = now + max(expires_in - min(_EARLY, expires_in / 10), 1.0)
         domain = answer.get("api_domain")
         if isinstance(domain, str) and domain:

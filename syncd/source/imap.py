@@ -22,6 +22,7 @@ from syncd.errors import FolderError, SourceAuthError, SourceError
 from syncd.settings import MailboxSettings
 from syncd.source import Folder, RawMessage, Selected
 from syncd.source._common import batches, folder_list
+from syncd.source.oauth import tokens_for
 
 # A FETCH command must stay well under servers' line limits (Dovecot: 64 KB);
 # 2000 UIDs of at most 10 digits plus commas is under 22 KB.
@@ -158,7 +159,7 @@ class ImapSource:
         try:
             if context is not None and s.security == "starttls":
                 client.starttls(context)
-            client.login(s.username, s.password.reveal())
+            self._login(client)
         except LoginError as e:
             _drop(client)
             raise SourceAuthError(f"{self._where}: login refused for user {s.username!r}: {e}") from e
@@ -168,7 +169,34 @@ class ImapSource:
         except (IMAPClientError, OSError) as e:
             _drop(client)
             raise SourceError(f"{self._where}: cannot log in: {e}") from e
+        except SourceError:  # no OAuth access token to be had
+            _drop(client)
+            raise
         return client
+
+    def _login(self, client: IMAPClient) -> None:
+        """LOGIN with the password, or AUTHENTICATE with an OAuth access token.
+
+        A refused token (revoked, or expired early) is dropped and a fresh one tried once
+        on the same connection, so a revocation costs one poll nothing.
+        """
+        s = self.settings
+        if s.auth == "password":
+            client.login(s.username, s.password.reveal())
+            return
+        tokens = tokens_for(s)
+        for attempt in (1, 2):
+            token = tokens.token()
+            try:
+                if s.auth == "xoauth2":
+                    client.oauth2_login(s.username, token)
+                else:
+                    client.oauthbearer_login(s.username, token)
+                return
+            except LoginError:
+                tokens.invalidate(token)
+                if attempt == 2:
+                    raise
 
     def _tls_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context()

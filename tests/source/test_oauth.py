@@ -1,0 +1,157 @@
+"""XOAUTH2 / OAUTHBEARER IMAP logins against a Dovecot whose oauth2 passdb asks a token-introspection endpoint."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from syncd import config
+from syncd.errors import ConfigError, SourceAuthError, SourceError
+from syncd.sandbox import SandboxServer
+from syncd.settings import Secret
+from syncd.source import open_source
+from syncd.source.oauth import AccessTokens
+from tests.fixtures.oauth import OAuthProvider, OAuthUser, oauth_dovecot, oauth_provider, oauth_user  # noqa: F401
+from tests.test_pipeline import config_file  # noqa: F401 - a fixture: the end-to-end config
+
+MESSAGE = b"From: bob@example.com\r\nTo: me@example.com\r\nSubject: via oauth\r\nMessage-ID: <oa1@x>\r\n\r\nHello.\r\n"
+
+
+def read_inbox(settings) -> list[bytes]:
+    with open_source(settings) as source:
+        source.select("INBOX")
+        return [m.data for m in source.fetch(source.uids_after(0))]
+
+
+@pytest.mark.parametrize("auth", ["xoauth2", "oauthbearer"])
+def test_login_with_an_access_token_reads_the_mailbox(oauth_user: OAuthUser, auth: str):
+    """Both SASL mechanisms log in with an access token got from the refresh token, and the folder reads."""
+    oauth_user.imap.append("INBOX", MESSAGE)
+    assert read_inbox(oauth_user.settings(auth)) == [MESSAGE]
+
+
+def test_token_is_reused_until_shortly_before_it_expires(oauth_user: OAuthUser, oauth_provider: OAuthProvider):
+    """Later connections reuse the token; one refresh happens a little before expiry, while the old token still works."""
+    now = [1000.0]
+    tokens = AccessTokens("m", oauth_user.settings().oauth, clock=lambda: now[0])
+    before = oauth_provider.refreshes
+    first = tokens.token()
+    now[0] += 3600 - 301  # the provider's tokens live 3600 s; a refresh is due 300 s before the end
+    assert tokens.token() == first and oauth_provider.refreshes == before + 1
+    now[0] += 2
+    second = tokens.token()
+    assert second != first and oauth_provider.refreshes == before + 2
+    assert oauth_provider.introspect(first)["active"], "the old token must still be valid when it is replaced"
+
+
+def test_connections_share_one_token(oauth_user: OAuthUser, oauth_provider: OAuthProvider):
+    """Two polls of one mailbox cost one refresh, not two."""
+    settings = oauth_user.settings()
+    before = oauth_provider.refreshes
+    read_inbox(settings)
+    read_inbox(settings)
+    assert oauth_provider.refreshes == before + 1
+
+
+def test_revoked_token_is_replaced_on_the_same_login(oauth_user: OAuthUser, oauth_provider: OAuthProvider):
+    """When the server refuses a cached token, syncd gets a fresh one and logs in without failing the poll."""
+    settings = oauth_user.settings("oauthbearer")
+    oauth_user.imap.append("INBOX", MESSAGE)
+    read_inbox(settings)
+    oauth_provider.revoke_access_tokens()
+    before = oauth_provider.refreshes
+    assert read_inbox(settings) == [MESSAGE]
+    assert oauth_provider.refreshes == before + 1
+
+
+def test_refused_refresh_token_is_an_auth_error_naming_the_key(oauth_user: OAuthUser):
+    """A wrong refresh token or client secret fails the login with the key to fix, and no secret in the text."""
+    base = oauth_user.settings()
+    wrong_token = replace(base, oauth=replace(base.oauth, refresh_token=Secret("1//not-a-real-refresh-token")))
+    with pytest.raises(SourceAuthError, match="invalid_grant.*oauth_refresh_token") as caught:
+        read_inbox(wrong_token)
+    assert "not-a-real-refresh-token" not in str(caught.value)
+    wrong_client = replace(base, oauth=replace(base.oauth, client_secret=Secret("not-the-client-secret")))
+    with pytest.raises(SourceAuthError, match="invalid_client.*oauth_client_secret") as caught:
+        read_inbox(wrong_client)
+    assert "not-the-client-secret" not in str(caught.value)
+
+
+def test_unreachable_token_endpoint_is_a_transient_source_error(oauth_user: OAuthUser):
+    """With the token endpoint down the poll fails as a connection problem (retried next poll), not as bad credentials."""
+    base = oauth_user.settings()
+    down = replace(base, name="down", oauth=replace(base.oauth, token_url="http://127.0.0.1:9/token"))
+    with pytest.raises(SourceError, match="cannot reach the OAuth token endpoint") as caught:
+        read_inbox(down)
+    assert not isinstance(caught.value, SourceAuthError)
+
+
+def oauth_config(config_file: Path, user: OAuthUser, *, secret_line: str) -> Path:
+    """The end-to-end config plus a mailboxes.d file for the OAuth mailbox; returns the main file."""
+    (config_file.parent / "mailboxes.d").mkdir()
+    (config_file.parent / "mailboxes.d" / "gmail.toml").write_text(f"""
+[mailbox]
+name = "gmail"
+host = "{user.imap.host}"
+port = {user.imap.port}
+security = "none"
+username = "{user.imap.username}"
+auth = "xoauth2"
+oauth_token_url = "{user.provider.url}/token"
+oauth_client_id = "{user.grant.client_id}"
+oauth_refresh_token_file = "refresh"
+{secret_line}
+addresses = ["me@example.com"]
+""")
+    (config_file.parent / "refresh").write_text(user.grant.refresh_token + "\n")
+    return config_file
+
+
+def test_config_reads_oauth_secrets_from_file_env_and_credentials(config_file: Path, oauth_user: OAuthUser):  # noqa: F811
+    """oauth_client_secret comes from the key, the environment or a systemd credential; the refresh token from a file."""
+    path = oauth_config(config_file, oauth_user, secret_line="")
+    secret = oauth_user.grant.client_secret
+    by_env = config.load(path, env={"SYNCD_MAILBOX_GMAIL_OAUTH_CLIENT_SECRET": secret}).mailboxes[1]
+    assert by_env.auth == "xoauth2" and by_env.oauth.client_secret.reveal() == secret
+    assert by_env.oauth.refresh_token.reveal() == oauth_user.grant.refresh_token
+    creds = config_file.parent / "creds"
+    creds.mkdir()
+    (creds / "gmail.oauth_client_secret").write_text(secret)
+    by_cred = config.load(path, env={"CREDENTIALS_DIRECTORY": str(creds)}).mailboxes[1]
+    assert by_cred.oauth.client_secret.reveal() == secret
+    with pytest.raises(ConfigError) as missing:
+        config.load(path, env={})
+    assert "gmail.toml: mailbox.oauth_client_secret: no value given" in str(missing.value)
+
+
+def test_config_refuses_oauth_without_token_url_or_over_plain_http(config_file: Path, oauth_user: OAuthUser):  # noqa: F811
+    """auth = xoauth2 needs a token URL, and one that is https unless it is on this machine."""
+    path = oauth_config(config_file, oauth_user, secret_line='oauth_client_secret = "x"')
+    box = path.parent / "mailboxes.d" / "gmail.toml"
+    text = box.read_text()
+    box.write_text(text.replace(f'oauth_token_url = "{oauth_user.provider.url}/token"\n', ""))
+    with pytest.raises(ConfigError, match="oauth_token_url: no value given"):
+        config.load(path, env={})
+    box.write_text(text.replace(oauth_user.provider.url, "http://oauth.example.com"))
+    with pytest.raises(ConfigError, match="plain http would expose the refresh token"):
+        config.load(path, env={})
+
+
+def test_once_syncs_an_oauth_mailbox_without_printing_tokens(config_file: Path, oauth_user: OAuthUser,  # noqa: F811
+                                                             oauth_provider: OAuthProvider, crm_server: SandboxServer):
+    """`syncd once` (at debug level) on an XOAUTH2 mailbox delivers the mail; no secret or access token is printed."""
+    path = oauth_config(config_file, oauth_user, secret_line=f'oauth_client_secret = "{oauth_user.grant.client_secret}"')
+    oauth_user.imap.append("INBOX", MESSAGE)
+    issued_before = len(oauth_provider.issued)
+    done = subprocess.run([sys.executable, "-m", "syncd", "--log-level", "debug", "once", "-c", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert [e.original_message_id for e in crm_server.received()] == ["oa1@x"]
+    new_tokens = oauth_provider.issued[issued_before:]
+    assert len(new_tokens) == 1
+    for secret in (*new_tokens, oauth_user.grant.client_secret, oauth_user.grant.refresh_token, oauth_user.imap.password):
+        assert secret not in done.stdout + done.stderr
