@@ -1,0 +1,139 @@
+"""syncd@.service in a booted systemd container: starts, reaches READY, syncs, is restarted by the watchdog, stops cleanly.
+
+Slow (SYNCD_SLOW_TESTS=1). A Debian tree with systemd is debootstrapped once (cached, see
+tests.deploy.images) and booted with `systemd-nspawn --boot --volatile=overlay`, so every run
+starts from the same pristine tree. syncd is installed from wheels built outside the container,
+the unit files are bind-mounted from deploy/systemd, the secrets sit in /etc/credstore. The
+container shares the host's network, so it reaches the test's Dovecot and sandbox CRM on loopback.
+"""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from syncd.sandbox import SandboxServer
+from tests.deploy.conftest import deployment, imap_of, slow, wait_until
+from tests.deploy.images import SYSTEMD, debian_tree, need
+from tests.fixtures.dovecot import ImapUser
+from tests.test_pipeline import OWN, mail
+
+REPO = Path(__file__).parents[2]
+NSPAWN = ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--volatile=overlay"]
+
+
+def install_syncd(tree: Path, tmp: Path) -> Path:
+    """A venv at /opt/syncd for the tree's own Python, from wheels built on the host."""
+    wheels, venv = tmp / "wheels", tmp / "opt-syncd"
+    venv.mkdir()
+    subprocess.run([str(REPO / "deploy/container/build"), "--wheelhouse", str(wheels)], check=True, capture_output=True)
+    subprocess.run([*NSPAWN, "-D", str(tree), f"--bind={venv}:/opt/syncd", f"--bind-ro={wheels}:/wheels",
+                    "sh", "-c", "python3 -m venv /opt/syncd && /opt/syncd/bin/pip install --quiet --no-index "
+                                "--find-links=/wheels --requirement=/wheels/requirements.txt"],
+                   check=True, capture_output=True)
+    return venv
+
+
+class Machine:
+    """A booted container; ``run`` executes a command inside it (nsenter into its PID 1)."""
+
+    def __init__(self, proc: subprocess.Popen, console: Path):
+        self.proc = proc
+        self.console = console
+
+    @property
+    def leader(self) -> int | None:
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        pids = children.read_text().split() if children.exists() else []
+        return int(pids[0]) if pids else None
+
+    def run(self, *cmd: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["nsenter", "-t", str(self.leader), "-a", *cmd], capture_output=True, text=True)
+
+    def show(self, unit: str, prop: str) -> str:
+        return self.run("systemctl", "show", "--value", "-p", prop, unit).stdout.strip()
+
+    def booted(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"the container exited: {self.console.read_text()[-2000:]}")
+        return self.leader is not None and self.run("systemctl", "is-system-running").stdout.strip() in ("running", "degraded")
+
+
+@pytest.fixture
+def machine(tmp_path: Path) -> Iterator:
+    need("systemd-nspawn", "nsenter")
+    tree = debian_tree("bookworm-systemd", SYSTEMD)
+    venv = install_syncd(tree, tmp_path)
+    booted: list[Machine] = []
+
+    def boot(*binds: str) -> Machine:
+        console = tmp_path / "console.log"
+        with console.open("w") as out:
+            proc = subprocess.Popen([*NSPAWN, "--boot", "--console=read-only", "-D", str(tree),
+                                     f"--machine=syncd-test-{secrets.token_hex(3)}", f"--bind-ro={venv}:/opt/syncd", *binds],
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        booted.append(Machine(proc, console))
+        wait_until(booted[-1].booted, "the container to boot", timeout=60)
+        return booted[-1]
+
+    yield boot
+    for m in booted:
+        if m.proc.poll() is None:
+            m.proc.terminate()  # nspawn asks the container's systemd to power off
+            try:
+                m.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                m.proc.kill()
+
+
+@slow
+@pytest.mark.timeout(900)
+def test_instance_unit_lifecycle(machine, tmp_path: Path, imap_user: ImapUser, crm_server: SandboxServer, tarpit: int):
+    """syncd@sales: READY, synced as its own dynamic user; syncd@stuck (hung IMAP): restarted by the watchdog; clean stop."""
+    started = time.monotonic()
+    imap_user.append("INBOX", bytes(mail("bob@example.com", OWN, "From a unit", message_id="<unit@x>")))
+    hung = ("127.0.0.1", tarpit, "u", secrets.token_hex(8))
+    dep = deployment(tmp_path, crm_server, {"sales": imap_of(imap_user), "stuck": hung}, timeout=600)
+    for path in [dep.etc, *dep.etc.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)  # the config is public; the secrets stay root's
+    stuck = tmp_path / "stuck.d"
+    stuck.mkdir()
+    # A short watchdog for the hung instance, and no 90 s wait for its hung pass at stop.
+    (stuck / "test.conf").write_text("[Service]\nWatchdogSec=3s\nRestartSec=1s\nTimeoutStopSec=2s\n")
+    m = machine(f"--bind-ro={dep.etc}:/etc/syncd", f"--bind-ro={dep.credstore}:/etc/credstore",
+                f"--bind-ro={REPO / 'deploy/systemd/syncd@.service'}:/etc/systemd/system/syncd@.service",
+                f"--bind-ro={stuck}:/etc/systemd/system/syncd@stuck.service.d")
+    print(f"\nbooted in {time.monotonic() - started:.1f} s")
+
+    start = m.run("systemctl", "start", "syncd@sales")  # returns once syncd sent READY=1
+    assert start.returncode == 0, start.stderr + m.run("journalctl", "-u", "syncd@sales", "--no-pager").stdout
+    assert m.show("syncd@sales", "SubState") == "running"
+    wait_until(lambda: crm_server.received(), "syncd@sales to associate the message")
+    assert [e.original_message_id for e in crm_server.received()] == ["unit@x"]
+    wait_until(lambda: "sales: last pass" in m.show("syncd@sales", "StatusText"), "a STATUS= after the pass")
+    sales_pid = m.show("syncd@sales", "MainPID")
+    assert m.run("stat", "-c", "%U", f"/proc/{sales_pid}").stdout.strip() == "syncd-sales"
+    assert m.run("test", "-s", "/var/lib/private/syncd-sales/ledger.sqlite3").returncode == 0
+
+    assert m.run("systemctl", "start", "syncd@stuck").returncode == 0
+    stuck_pid = m.show("syncd@stuck", "MainPID")
+    assert m.run("stat", "-c", "%U", f"/proc/{stuck_pid}").stdout.strip() == "syncd-stuck"
+    wait_until(lambda: int(m.show("syncd@stuck", "NRestarts") or 0) >= 1, "the watchdog to restart syncd@stuck")
+    journal = m.run("journalctl", "-u", "syncd@stuck", "--no-pager").stdout
+    assert "Watchdog timeout" in journal and "pass_stalled" in journal
+    wait_until(lambda: m.show("syncd@stuck", "SubState") == "running", "syncd@stuck to be running again")
+    m.run("systemctl", "stop", "syncd@stuck")
+
+    stop = m.run("systemctl", "stop", "syncd@sales")
+    assert stop.returncode == 0
+    assert (m.show("syncd@sales", "ActiveState"), m.show("syncd@sales", "Result"),
+            m.show("syncd@sales", "ExecMainStatus")) == ("inactive", "success", "0")
+    journal = m.run("journalctl", "-u", "syncd@sales", "--no-pager", "-o", "cat").stdout
+    assert '"event": "stopped"' in journal
+    assert not any(secret in journal for secret in dep.secrets)
+    print(f"nspawn test body: {time.monotonic() - started:.1f} s")
