@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 import structlog
 
-from syncd import metrics
+from syncd import faultpoints, metrics
 from syncd.associate import Deliverer, Verdict, backoff
 from syncd.email import Email
 from syncd.errors import CrmOrgError, FolderError, LedgerError, ParseError, SourceError
@@ -177,6 +177,7 @@ class MailboxSync:
         report.details.append((key.folder, subject, verdict.state, verdict.reason))
         level = "warning" if verdict.state in (State.QUARANTINED, State.RETRY) else "info"
         getattr(log, level)("message", state=str(verdict.state), reason=verdict.reason, size=raw.size)
+        faultpoints.reach("recorded")
 
     def _advance(self, folder: str, uidvalidity: int, last: int, new: list[int], verdicts: dict[int, State]) -> None:
         """Move the checkpoint past the leading run of final messages."""

@@ -1,0 +1,120 @@
+"""Crash safety: `syncd once` / `syncd run` SIGKILLed at named points and random moments, restarted, until done.
+
+Afterwards the CRM must hold exactly what a fault-free run of the same mail produces: no
+loss, no duplicate, no stray. CI runs SYNCD_FAULT_KILLS kills (default 40) per crash test;
+``SYNCD_FAULT_KILLS=500 SYNCD_FAULT_SEED=7 bash tests/run tests/faults/test_kill.py`` is a
+soak run (``bench/faults.py`` prints the same figures for hundreds of kills).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from syncd.faultpoints import POINTS
+from tests.faults.conftest import SEED
+from tests.faults.harness import (
+    Kill,
+    Mailbox,
+    RecordingSandbox,
+    Tally,
+    crash_daemon,
+    crash_until_done,
+    judge,
+    run_killed,
+    syncd,
+    unfinished,
+)
+
+KILLS = int(os.environ.get("SYNCD_FAULT_KILLS", "40"))
+BATCH = 20
+"""Messages added per round: small enough that a round takes several kills to finish."""
+
+
+def assert_exactly_once(crm: RecordingSandbox, mailbox: Mailbox, config: Path, tally: Tally) -> None:
+    verdict = judge(crm, mailbox)
+    print(f"\nseed {SEED}: {tally.line()}; {verdict.line()}")
+    replay = f"(replay: SYNCD_FAULT_SEED={SEED}; {tally.line()})"
+    assert verdict.expected > mailbox.count // 2, "the corpus must exercise deliveries"
+    assert verdict.losses == [], replay
+    assert verdict.duplicates == [], replay
+    assert verdict.strays == [], replay
+    # Every DUPLICATE_DATA answer is a resend after a crash that hid the first send's outcome: at most one per kill.
+    assert verdict.duplicate_answers <= tally.killed, replay
+    assert unfinished(config.parent / "syncd.sqlite3") == [], replay
+    assert crm.violations == []
+    verify = syncd("ledger", "verify", "-c", str(config))
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def checkpoints(config: Path) -> dict[str, int]:
+    with sqlite3.connect(f"file:{config.parent / 'syncd.sqlite3'}?mode=ro", uri=True) as db:
+        return dict(db.execute("SELECT folder, last_uid FROM checkpoints").fetchall())
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_kill_at_each_point_then_restart_delivers_exactly_once(point: str, mailbox: Mailbox, crm: RecordingSandbox):
+    """A SIGKILL at each named crash point, then a restart: every association once, a resend only after 'associated'."""
+    mailbox.add(8)
+    config = mailbox.config(crm)
+    code = run_killed(["once", "-c", str(config)], Kill(point, 2 if point != "checkpoint" else 1),
+                      config.with_suffix(".log"))
+    assert code == -9, f"the crash point {point}:2 was never crossed"
+    before = len(crm.answers)
+    done = syncd("once", "-c", str(config))
+    assert done.returncode == 0, done.stderr[-3000:]
+    tally = Tally(kills={point: 1}, runs=2, clean=1)
+    assert_exactly_once(crm, mailbox, config, tally)
+    resent = crm.duplicate_answers()
+    assert resent == (1 if point == "associated" else 0), crm.answers
+    assert len(crm.answers) > before or point in ("recorded", "checkpoint")
+
+
+def test_kill_inside_the_checkpoint_write_rolls_it_back_and_nothing_is_resent(mailbox: Mailbox, crm: RecordingSandbox):
+    """Killed inside a folder's checkpoint write: the checkpoint stays put, and the rescan that follows sends nothing again."""
+    mailbox.add(8)
+    config = mailbox.config(crm)
+    assert syncd("once", "-c", str(config)).returncode == 0
+    settled = checkpoints(config)
+    mailbox.add(6)
+    code = run_killed(["once", "-c", str(config)], Kill("checkpoint", 1), config.with_suffix(".log"))
+    assert code == -9
+    assert checkpoints(config) == settled  # the write in flight never committed
+    sent_before_restart = list(crm.answers)
+    assert syncd("once", "-c", str(config)).returncode == 0
+    rescanned = {a[2] for a in crm.answers[len(sent_before_restart):]}
+    assert not rescanned & {a[2] for a in sent_before_restart}, "a message behind the rolled-back checkpoint was sent again"
+    assert checkpoints(config) != settled
+    assert_exactly_once(crm, mailbox, config, Tally(kills={"checkpoint": 1}, runs=3, clean=2))
+
+
+@pytest.mark.timeout(120 + 3 * KILLS)
+def test_random_kills_of_syncd_once_lose_and_duplicate_nothing(mailbox: Mailbox, crm: RecordingSandbox):
+    """SYNCD_FAULT_KILLS seeded SIGKILLs of `syncd once` (crash points and timers), restarts until done: exactly once."""
+    rng = random.Random(SEED)
+    config = mailbox.config(crm)
+    tally = Tally()
+    while tally.killed < KILLS:
+        mailbox.add(BATCH)
+        tally.add(crash_until_done(config, rng))
+    assert set(tally.kills) >= set(POINTS), f"every crash point must be hit at least once: {tally.line()}"
+    assert_exactly_once(crm, mailbox, config, tally)
+
+
+@pytest.mark.timeout(120 + 3 * KILLS)
+def test_random_kills_of_the_daemon_lose_and_duplicate_nothing(mailbox: Mailbox, crm: RecordingSandbox):
+    """`syncd run` SIGKILLed at seeded random moments while mail keeps arriving; a final pass finishes: exactly once."""
+    rng = random.Random(SEED + 1)
+    config = mailbox.config(crm)
+    tally = Tally()
+    while tally.killed < max(KILLS // 4, 5):
+        mailbox.add(BATCH)
+        tally.add(crash_daemon(config, rng, kills=3))
+    done = syncd("once", "-c", str(config))
+    assert done.returncode == 0, done.stderr[-3000:]
+    tally.runs += 1
+    assert_exactly_once(crm, mailbox, config, tally)
