@@ -16,6 +16,7 @@ from syncd.crm import Crm
 from syncd.crm.zoho import ZohoCrm
 from syncd.errors import SyncdError
 from syncd.ledger.sqlite import SqliteLedger
+from syncd.lookup import RecordLookup
 from syncd.match import Matcher
 from syncd.pipeline import MailboxSync, PassReport
 from syncd.settings import MailboxSettings, Settings
@@ -34,7 +35,7 @@ class App:
         self.stopping = stopping or threading.Event()
         self.ledger = SqliteLedger(settings.ledger.path)
         self.crm = crm or ZohoCrm(settings.crm)
-        matcher = Matcher(self.crm, settings.crm.modules)
+        matcher = Matcher(RecordLookup(self.crm))
         deals = DealPredictor(self.crm)
         self.owners = {m.name: MailboxOwner(self.crm, mailbox=m.name, owner_id=m.owner_id, owner_email=m.owner_email)
                        for m in settings.mailboxes}

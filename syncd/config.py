@@ -15,6 +15,7 @@ import re
 import socket
 import tomllib
 from collections.abc import Collection, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -23,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from syncd.errors import ConfigError, Problem
 from syncd.metrics import parse_listen
+from syncd.addrkey import address_key, domain_key
 from syncd.settings import (
     DATA_CENTERS,
     CrmSettings,
@@ -30,6 +32,7 @@ from syncd.settings import (
     MailboxSettings,
     MetricsSettings,
     OAuthSettings,
+    MatchSettings,
     Secret,
     Settings,
 )
@@ -61,6 +64,26 @@ class _LedgerTable(_Strict):
     path: str | None = None
 
 
+class _MatchTable(_Strict):
+    """``[match]`` and ``[mailbox.match]``: every key optional, a mailbox's keys override the global ones."""
+
+    modules: list[str] | None = Field(None, min_length=1)
+    multiple: Literal["all", "first", "none-if-ambiguous"] | None = None
+    reply_to: bool | None = None
+    bcc: bool | None = None
+    strip_plus_tags: bool | None = None
+    internal_domains: list[str] | None = None
+    block_addresses: list[str] | None = None
+    block_domains: list[str] | None = None
+    skip_auto_replies: bool | None = None
+    skip_bounces: bool | None = None
+    skip_lists: bool | None = None
+    cache_ttl: float | None = Field(None, ge=0)
+    batch_lookups: bool | None = None
+    unmatched_window_days: float | None = Field(None, ge=0)
+    unmatched_recheck: float | None = Field(None, ge=0)
+
+
 class _MailboxTable(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     host: str = ""
@@ -88,6 +111,7 @@ class _MailboxTable(_Strict):
     oauth_refresh_token: str | None = None
     oauth_refresh_token_file: str | None = None
     oauth_scope: str = ""
+    match: dict[str, Any] = Field(default_factory=dict)
     owner_id: str | None = Field(None, pattern=r"^\d+$")
     owner_email: str | None = Field(None, pattern=r"^[^@\s]+@[^@\s]+$")
     predict_deals: bool = True
@@ -100,6 +124,7 @@ class _MetricsTable(_Strict):
 class _MainFile(_Strict):
     crm: dict[str, Any] = Field(default_factory=dict)
     ledger: dict[str, Any] = Field(default_factory=dict)
+    match: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
     mailbox: list[dict[str, Any]] = Field(default_factory=list)
 
@@ -237,7 +262,31 @@ def _crm(raw: dict[str, Any], file: str, secret: _SecretReader, problems: list[P
     )
 
 
-def _mailbox(raw: dict[str, Any], file: str, prefix: str, secret: _SecretReader, problems: list[Problem]) -> MailboxSettings | None:
+def _match(raw: dict[str, Any], file: str, prefix: str, base: MatchSettings, problems: list[Problem]) -> MatchSettings:
+    """``base`` with the keys of one ``match`` table applied; bad addresses and domains are problems."""
+    try:
+        t = _MatchTable.model_validate(raw)
+    except ValidationError as err:
+        problems.extend(_problems_from(err, file, prefix))
+        return base
+    given = {k: v for k, v in t.model_dump().items() if v is not None}
+    for key in ("internal_domains", "block_domains", "block_addresses"):
+        if key not in given:
+            continue
+        values = []
+        for i, value in enumerate(given[key]):
+            normal = address_key(value) if key == "block_addresses" else domain_key(value)
+            if normal is None:
+                kind = "an address (name@domain)" if key == "block_addresses" else "a domain (example.com)"
+                problems.append(Problem(file, f"{prefix}.{key}[{i}]", f"{value!r} is not {kind}", f"write it as {kind}"))
+            else:
+                values.append(normal)
+        given[key] = values
+    return replace(base, **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
+
+
+def _mailbox(raw: dict[str, Any], file: str, prefix: str, secret: _SecretReader, problems: list[Problem],
+             match: MatchSettings = MatchSettings()) -> MailboxSettings | None:
     try:
         t = _MailboxTable.model_validate(raw)
     except ValidationError as err:
@@ -291,6 +340,7 @@ def _mailbox(raw: dict[str, Any], file: str, prefix: str, secret: _SecretReader,
         source_file=file,
         auth=t.auth,
         oauth=oauth,
+        match=_match(t.match, file, f"{prefix}.match", match, problems),
         owner_id=t.owner_id,
         owner_email=t.owner_email,
         predict_deals=t.predict_deals,
@@ -353,8 +403,9 @@ def load(path: Path, env: Mapping[str, str] | None = None, only: Collection[str]
         problems.extend(_problems_from(err, file, "ledger"))
         ledger = None
 
+    match = _match(main.match, file, "match", MatchSettings(modules=crm.modules if crm else ("Contacts", "Leads")), problems)
     metrics = _metrics(main.metrics, file, problems)
-    mailboxes = [_mailbox(m, file, f"mailbox[{i}]", secret, problems) for i, m in enumerate(main.mailbox) if _wanted(m, only)]
+    mailboxes = [_mailbox(m, file, f"mailbox[{i}]", secret, problems, match) for i, m in enumerate(main.mailbox) if _wanted(m, only)]
     for extra in sorted((base / "mailboxes.d").glob("*.toml")):
         doc = _read_toml(extra, problems)
         if doc is None:
@@ -364,7 +415,7 @@ def load(path: Path, env: Mapping[str, str] | None = None, only: Collection[str]
             continue
         if not _wanted(doc["mailbox"], only):
             continue
-        mailboxes.append(_mailbox(doc["mailbox"], str(extra), "mailbox", secret, problems))
+        mailboxes.append(_mailbox(doc["mailbox"], str(extra), "mailbox", secret, problems, match))
 
     found = [m for m in mailboxes if m is not None]
     for name in only:

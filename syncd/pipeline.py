@@ -1,7 +1,8 @@
 """One sync pass over one mailbox: folders → new UIDs → messages → verdicts → checkpoint.
 
-Per message the steps are, in order: size cap, parse, direction, filter, match,
-deliver to each record, record the verdict. The checkpoint only moves past a
+Per message the steps are, in order: size cap, parse, drafts, direction, filter, match,
+deliver to each record, record the verdict. Unmatched messages of the last weeks come back
+when their people get a CRM record (``syncd.retro``). The checkpoint only moves past a
 contiguous run of messages in a final state, so nothing behind it is ever skipped.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import structlog
@@ -18,11 +19,12 @@ import structlog
 from syncd import faultpoints, metrics
 from syncd.associate import Deliverer, Verdict, backoff
 from syncd.email import Email
-from syncd.errors import CrmOrgError, FolderError, LedgerError, ParseError, SourceError
-from syncd.filter import skip_reason
+from syncd.errors import CrmOrgError, CrmTransientError, FolderError, LedgerError, ParseError, SourceError
+from syncd.filter import draft_reason, skip_reason
 from syncd.ledger import FINAL, Checkpoint, MessageKey, State, placeholder_id
 from syncd.ledger.sqlite import SqliteLedger
 from syncd.match import Matcher, counterparts, is_sent
+from syncd.retro import Retro
 from syncd.parse import parse_message
 from syncd.settings import MailboxSettings
 from syncd.source import Folder, MailSource, RawMessage, open_source
@@ -69,6 +71,7 @@ class MailboxSync:
         self.mailbox = mailbox
         self._ledger = ledger
         self._matcher = matcher
+        self._retro = Retro(ledger, matcher, mailbox)
         self._deliverer = deliverer
         self._stopping = stopping or threading.Event()
         self._open = source_factory
@@ -108,13 +111,15 @@ class MailboxSync:
         due = self._ledger.due(self.mailbox.name, name, uidvalidity, datetime.now(UTC))
         known = self._ledger.message_states(self.mailbox.name, name, uidvalidity, new)
         now = datetime.now(UTC)
-        todo = sorted(set(due) | {u for u in new if not _settled(known.get(u), now)})
+        waiting = self._retro.due(name, uidvalidity)
+        todo = sorted(set(due) | waiting | {u for u in new if not _settled(known.get(u), now)})
         verdicts = {u: row.state for u, row in known.items()}
         metrics.folder_started(self.mailbox.name, name, len(todo))
         transient_in_a_row = 0
         finished = True
         with structlog.contextvars.bound_contextvars(folder=name):
-            for raw in source.fetch(todo, max_size=self.mailbox.max_message_size):
+            for raw in self._matcher.prefetched(source.fetch(todo, max_size=self.mailbox.max_message_size),
+                                                self.mailbox):
                 key = MessageKey(self.mailbox.name, name, uidvalidity, raw.uid)
                 with structlog.contextvars.bound_contextvars(uid=raw.uid):
                     verdict = self._handle(key, folder, raw, report)
@@ -127,12 +132,13 @@ class MailboxSync:
         if finished:
             # Asked for but not returned: expunged since the SEARCH, nothing left to sync.
             verdicts.update((u, State.SKIPPED) for u in todo if u not in verdicts)
+        self._retro.settle(name, uidvalidity, {u: verdicts[u] for u in waiting if u in verdicts})
         self._advance(name, uidvalidity, last, new, verdicts)
 
     def _handle(self, key: MessageKey, folder: Folder, raw: RawMessage, report: PassReport) -> Verdict:
         email: Email | None = None
         try:
-            email, verdict = self._process(folder, raw)
+            email, verdict = self._process(key, folder, raw)
         except CrmOrgError as exc:
             self._record(key, email, raw, Verdict(State.RETRY, f"CRM paused: {exc}", backoff(1)), report)
             raise
@@ -144,27 +150,35 @@ class MailboxSync:
         self._record(key, email, raw, verdict, report)
         return verdict
 
-    def _process(self, folder: Folder, raw: RawMessage) -> tuple[Email | None, Verdict]:
+    def _process(self, key: MessageKey, folder: Folder, raw: RawMessage) -> tuple[Email | None, Verdict]:
         """The ordered steps for one message; the first that decides ends it."""
+        draft = draft_reason(raw.flags, drafts_folder=folder.drafts)
         if raw.data is None:
             return None, Verdict(State.SKIPPED, f"too large: {raw.size} bytes > max_message_size {self.mailbox.max_message_size}")
         try:
             email = parse_message(raw.data, internaldate=raw.internaldate)
         except ParseError as exc:
-            return None, Verdict(State.QUARANTINED, f"cannot parse: {exc}")
+            return None, Verdict(State.SKIPPED, draft) if draft else Verdict(State.QUARANTINED, f"cannot parse: {exc}")
+        if draft:
+            return email, Verdict(State.SKIPPED, draft)
         structlog.contextvars.bind_contextvars(message_id=email.message_id)
-        own = self.mailbox.addresses
+        own, policy = self.mailbox.addresses, self.mailbox.match
         sent = is_sent(email, sent_folder=folder.sent, own=own)
-        reason = skip_reason(email, sent=sent, own=own)
+        reason = skip_reason(email, sent=sent, own=own, policy=policy)
         if reason:
             return email, Verdict(State.SKIPPED, reason)
-        people = counterparts(email, sent=sent, own=own)
-        records = self._matcher.records_for(people)
-        if not records:
-            who = ", ".join(a.addr for a in people) or "nobody"
-            return email, Verdict(State.UNMATCHED, f"no CRM record for {who}")
-        verdicts = [self._deliverer.deliver(email, r, sent=sent) for r in records]
-        return email, _combine(verdicts, records)
+        try:
+            found = self._matcher.match(counterparts(email, sent=sent, own=own, policy=policy), policy)
+        except CrmTransientError as exc:
+            return email, Verdict(State.RETRY, f"record lookup failed: {exc}", backoff(1))
+        if not found.records:
+            self._retro.note(key, found)
+            return email, Verdict(State.UNMATCHED, found.reason)
+        verdicts = [self._deliverer.deliver(email, r, sent=sent) for r in found.records]
+        verdict = _combine(verdicts, found.records)
+        if verdict.state == State.DONE:
+            return email, replace(verdict, reason=found.reason)
+        return email, replace(verdict, reason=f"{verdict.reason} ({found.reason})")
 
     def _record(self, key: MessageKey, email: Email | None, raw: RawMessage, verdict: Verdict, report: PassReport) -> None:
         message_id = email.message_id if email else placeholder_id(key)

@@ -74,6 +74,39 @@ class LedgerSettings:
 
 
 @dataclass(frozen=True)
+class MatchSettings:
+    """Which addresses of a message count, and how they become CRM records (``[match]``, per mailbox)."""
+
+    modules: tuple[str, ...] = ("Contacts", "Leads")
+    """Modules searched, in priority order (default: ``crm.modules``)."""
+    multiple: Literal["all", "first", "none-if-ambiguous"] = "all"
+    """When one address has several records: all of them, the first (module order, then oldest), or none."""
+    reply_to: bool = True
+    """Received mail: a Reply-To that differs from From counts too (web forms relaying for a person)."""
+    bcc: bool = True
+    """Sent mail: Bcc recipients count, like To and Cc."""
+    strip_plus_tags: bool = False
+    """Mail from ``bob+news@x.com`` matches the record of ``bob@x.com`` (records are asked for both spellings)."""
+    internal_domains: tuple[str, ...] = ()
+    """The org's own domains (subdomains included): mail among them and the own addresses only is skipped."""
+    block_addresses: tuple[str, ...] = ()
+    """Addresses that never count as counterparts; a message left with none is skipped."""
+    block_domains: tuple[str, ...] = ()
+    """Domains (subdomains included) whose addresses never count as counterparts."""
+    skip_auto_replies: bool = True
+    skip_bounces: bool = True
+    skip_lists: bool = True
+    cache_ttl: float = 300.0
+    """Seconds an address's records (or their absence) are reused within one process; 0 disables the cache."""
+    batch_lookups: bool = True
+    """One COQL query per module for many addresses (``Email in (...)``) instead of one search per address."""
+    unmatched_window_days: float = 30.0
+    """Unmatched messages are re-checked this long after they were seen, so records created later get them."""
+    unmatched_recheck: float = 3600.0
+    """Seconds between two lookups of an address that had no record (the negative cache's expiry)."""
+
+
+@dataclass(frozen=True)
 class OAuthSettings:
     """A mailbox's OAuth client and refresh token; access tokens come from ``token_url`` (refresh-token grant)."""
 
@@ -114,6 +147,7 @@ class MailboxSettings:
     """How to log in: the password, or an OAuth access token (Gmail, Microsoft 365) with SASL XOAUTH2 / OAUTHBEARER."""
     oauth: OAuthSettings | None = None
     """Where access tokens come from when ``auth`` is not ``password``."""
+    match: MatchSettings = field(default_factory=MatchSettings)
     owner_id: str | None = None
     """The Zoho user whose mail this is (else ``owner_email``, looked up; else the token's user)."""
     owner_email: str | None = None

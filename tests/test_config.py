@@ -166,3 +166,42 @@ def test_locate_prefers_option_then_environment():
     assert config.locate("a.toml", {"SYNCD_CONFIG": "b.toml"}) == (Path("a.toml"), True)
     assert config.locate(None, {"SYNCD_CONFIG": "b.toml"}) == (Path("b.toml"), True)
     assert config.locate(None, {}) == (config.DEFAULT_PATH, False)
+
+
+
+MATCH = GOOD.replace("[ledger]", """modules = ["Leads", "Contacts", "Accounts"]
+
+[match]
+multiple = "first"
+internal_domains = ["OurCo.Example", "xn--bcher-kva.example"]
+block_addresses = ["NoReply@Shop.example"]
+skip_lists = false
+
+[ledger]""") + """
+[mailbox.match]
+multiple = "all"
+modules = ["Contacts"]
+"""
+
+
+def test_match_table_sets_defaults_and_a_mailbox_overrides_them(secrets: Path):
+    """[match] applies to every mailbox (modules default to crm.modules); [mailbox.match] overrides key by key."""
+    write(secrets, '[mailbox]\nname = "other"\nmaildir = "m"\n', "mailboxes.d/other.toml")
+    sales, other = config.load(write(secrets, MATCH), env={}).mailboxes
+    assert sales.match.multiple == "all" and sales.match.modules == ("Contacts",)
+    assert other.match.multiple == "first" and other.match.modules == ("Leads", "Contacts", "Accounts")
+    assert other.match.internal_domains == ("ourco.example", "bücher.example")
+    assert other.match.block_addresses == ("noreply@shop.example",)
+    assert other.match.skip_lists is False and other.match.skip_bounces is True
+
+
+def test_bad_match_keys_are_problems_with_their_fix(secrets: Path):
+    """A wrong policy name, a typo, a domain given as an address and an address without @ each name key and fix."""
+    typos = MATCH.replace('multiple = "first"', 'multiple = "most"').replace('modules = ["Contacts"]', 'bc = true')
+    found = {p.key: p for p in problems(write(secrets, typos))}
+    assert set(found) == {"match.multiple", "mailbox[0].match.bc"}
+    assert "'none-if-ambiguous'" in found["match.multiple"].fix
+    lists = MATCH.replace('multiple = "first"', 'block_domains = ["x@y.example"]').replace('"NoReply@Shop.example"', '"noreply"')
+    found = {p.key: p for p in problems(write(secrets, lists))}
+    assert set(found) == {"match.block_domains[0]", "match.block_addresses[0]"}
+    assert "domain" in found["match.block_domains[0]"].fix and "address" in found["match.block_addresses[0]"].fix

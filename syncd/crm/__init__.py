@@ -60,6 +60,10 @@ class Crm(Protocol):
         """Records of ``module`` whose email equals ``address`` (case-insensitive, exact)."""
         ...
 
+    def find_by_emails(self, module: str, addresses: Sequence[str]) -> list[Record]:
+        """Records of ``module`` with any email field equal to one of ``addresses`` (batched; COQL)."""
+        ...
+
     def upload_files(self, files: Sequence[Upload], *, inline: bool = False) -> list[str]:
         """Upload to ZFS (10 files a request); the file ids, in the order given. Ids are single-use."""
         ...

@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -27,12 +27,16 @@ from syncd.settings import CrmSettings
 FILES_PER_UPLOAD = 10
 SEARCH_PAGE_SIZE = 200
 SEARCH_MAX_PAGES = 10
+COQL_IN_VALUES = 50
+"""Zoho's limit on the values of one COQL ``in``."""
+COQL_MAX_CRITERIA = 25
 READ_ATTEMPTS = 4
 _MAX_BACKOFF = 30.0
 
 _TOKEN_EXPIRED = frozenset({"INVALID_TOKEN", "AUTHENTICATION_FAILURE"})
 _ORG_CODES = frozenset({"OAUTH_SCOPE_MISMATCH", "NO_PERMISSION", "STORAGE_SPACE_EXCEEDS", "LICENSE_LIMIT_EXCEEDED"})
 _NAME_FIELDS = ("Full_Name", "Last_Name", "Account_Name", "Deal_Name")
+T = TypeVar("T")
 
 
 class _ExpiredToken(Exception):
@@ -60,6 +64,7 @@ class ZohoCrm:
         self._calls: Counter[str] = Counter()
         self._calls_lock = threading.Lock()
         self._tokens = TokenManager(settings, self._fetch_token)
+        self._email_fields: dict[str, tuple[list[str], str | None]] = {}
 
     def __repr__(self) -> str:
         return f"ZohoCrm(client_id={self._settings.client_id!r}, api_domain={self._tokens.api_domain!r})"
@@ -86,6 +91,36 @@ class ZohoCrm:
             if not (answer.get("info") or {}).get("more_records"):
                 break
         return found
+
+    def find_by_emails(self, module: str, addresses: Sequence[str]) -> list[Record]:
+        """One COQL query per 50 addresses over every email field of ``module``; a Record per matching field."""
+        fields, name = self._fields_of(module)
+        wanted = {a.strip().casefold() for a in addresses}
+        found: list[Record] = []
+        if not fields:
+            return found
+        select = ", ".join(dict.fromkeys(["id", *([name] if name else []), *fields]))
+        for chunk in _chunks(list(dict.fromkeys(a.strip() for a in addresses)), COQL_IN_VALUES):
+            values = ", ".join(_coql_string(v) for v in chunk)
+            where = _any_of([f"{f} in ({values})" for f in fields])
+            for page in range(SEARCH_MAX_PAGES):
+                query = f"select {select} from {module} where {where} limit {SEARCH_PAGE_SIZE} offset {page * SEARCH_PAGE_SIZE}"
+                answer = self._read("coql", "POST", "coql", json={"select_query": query})
+                for item in answer.get("data") or []:
+                    found.extend(_coql_records(module, item, fields, name, wanted))
+                if not (answer.get("info") or {}).get("more_records"):
+                    break
+        return found
+
+    def _fields_of(self, module: str) -> tuple[list[str], str | None]:
+        """The module's email fields and its name field, from the field metadata (asked once per module)."""
+        if module not in self._email_fields:
+            answer = self._read("fields", "GET", "settings/fields", params={"module": module})
+            fields = [f for f in answer.get("fields") or [] if isinstance(f, dict)]
+            emails = [str(f["api_name"]) for f in fields if f.get("data_type") == "email"][:COQL_MAX_CRITERIA]
+            names = {f.get("api_name") for f in fields}
+            self._email_fields[module] = (emails, next((n for n in (*_NAME_FIELDS, "Name") if n in names), None))
+        return self._email_fields[module]
 
     def upload_files(self, files: Sequence[Upload], *, inline: bool = False) -> list[str]:
         """ZFS ids in the order given; ``inline`` marks images referenced from HTML content."""
@@ -304,7 +339,7 @@ def _tls_context(settings: CrmSettings) -> ssl.SSLContext:
     return context
 
 
-def _chunks(items: Sequence[Upload], size: int) -> Iterator[Sequence[Upload]]:
+def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
@@ -408,3 +443,26 @@ def _item_failures(message_ids: Sequence[str], items: Sequence[Mapping[str, Any]
     for message_id in message_ids[len(items):]:
         failures[message_id] = "no answer for this message"
     return failures
+
+
+def _coql_string(value: str) -> str:
+    """A COQL string literal: single quotes, with quotes and backslashes escaped."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _any_of(criteria: list[str]) -> str:
+    """``a or b or c`` bracketed pairwise, as COQL requires beyond two criteria: ``((a or b) or c)``."""
+    where = criteria[0]
+    for criterion in criteria[1:]:
+        where = f"({where} or {criterion})"
+    return where
+
+
+def _coql_records(module: str, item: Mapping[str, Any], fields: list[str], name: str | None,
+                  wanted: set[str]) -> Iterator[Record]:
+    for field in fields:
+        value = item.get(field)
+        if isinstance(value, str) and value.strip().casefold() in wanted:
+            label = item.get(name) if name else ""
+            yield Record(module=module, id=str(item.get("id", "")), name=label if isinstance(label, str) else "",
+                         email=value.strip())

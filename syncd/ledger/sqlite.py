@@ -30,7 +30,7 @@ from syncd.ledger import (
     State,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -71,6 +71,14 @@ CREATE TABLE polls (
     mailbox TEXT PRIMARY KEY, last_poll TEXT NOT NULL, last_success TEXT,
     last_error TEXT NOT NULL DEFAULT '', error_kind TEXT NOT NULL DEFAULT '', error_at TEXT);
 """,
+    # 4: the addresses unmatched messages wait for, and when each was last asked about (retroactive association).
+    4: """
+CREATE TABLE unmatched (
+    mailbox TEXT NOT NULL, folder TEXT NOT NULL, uidvalidity INTEGER NOT NULL, uid INTEGER NOT NULL,
+    address TEXT NOT NULL, seen TEXT NOT NULL, checked TEXT NOT NULL,
+    PRIMARY KEY (mailbox, folder, uidvalidity, uid, address));
+CREATE INDEX unmatched_by_address ON unmatched (mailbox, address);
+""",
 }
 """SQL that upgrades a ledger from version N-1 to N; each runs in one transaction with its version bump."""
 
@@ -91,6 +99,11 @@ def _migrate(db: sqlite3.Connection, version: int) -> None:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _iso(moment: datetime) -> str:
+    """A datetime in the ledger's text form (UTC, seconds), so stored times compare as strings."""
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
 
 
 def _dt(value: str | None) -> datetime | None:
@@ -376,3 +389,44 @@ class SqliteLedger:
             rows = self._run("SELECT message_id, module, record_id, zoho_message_id, mailbox, deal_id, deal_name "
                              f"FROM deliveries WHERE {' AND '.join(clauses)} ORDER BY record_id, message_id", params).fetchall()
         return [Linkable(DeliveryKey(*r[:3]), r[3], r[4], r[5], r[6]) for r in rows]
+
+    # --- unmatched messages, for retroactive association ---------------------------------
+
+    def note_unmatched(self, key: MessageKey, addresses: Sequence[str]) -> None:
+        """``key`` waits for a record of one of ``addresses`` (keeps when it was first seen waiting)."""
+        now = _now()
+        with self._lock, self._transaction():
+            for address in addresses:
+                self._run("INSERT INTO unmatched VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT "
+                          "(mailbox, folder, uidvalidity, uid, address) DO UPDATE SET checked=excluded.checked",
+                          (key.mailbox, key.folder, key.uidvalidity, key.uid, address, now, now))
+
+    def unmatched_due(self, mailbox: str, folder: str, uidvalidity: int, *, since: datetime,
+                      checked_before: datetime) -> dict[int, list[str]]:
+        """Waiting messages first seen after ``since`` with an address last asked about before ``checked_before``.
+
+        Rows older than ``since`` are dropped: their window has passed.
+        """
+        with self._lock:
+            self._run("DELETE FROM unmatched WHERE mailbox=? AND seen<?", (mailbox, _iso(since)))
+            rows = self._run("SELECT uid, address FROM unmatched WHERE mailbox=? AND folder=? AND uidvalidity=? "
+                             "AND checked<=? ORDER BY uid", (mailbox, folder, uidvalidity, _iso(checked_before))).fetchall()
+        waiting: dict[int, list[str]] = {}
+        for uid, address in rows:
+            waiting.setdefault(uid, []).append(address)
+        return waiting
+
+    def mark_unmatched_checked(self, mailbox: str, addresses: Sequence[str]) -> None:
+        """The CRM was just asked about ``addresses`` and still has no record of them."""
+        now = _now()
+        with self._lock, self._transaction():
+            for start in range(0, len(addresses), 500):
+                chunk = list(addresses[start : start + 500])
+                self._run(f"UPDATE unmatched SET checked=? WHERE mailbox=? AND address IN ({','.join('?' * len(chunk))})",
+                          (now, mailbox, *chunk))
+
+    def clear_unmatched(self, key: MessageKey) -> None:
+        """``key`` waits no more."""
+        with self._lock:
+            self._run("DELETE FROM unmatched WHERE mailbox=? AND folder=? AND uidvalidity=? AND uid=?",
+                      (key.mailbox, key.folder, key.uidvalidity, key.uid))

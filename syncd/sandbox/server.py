@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from syncd.sandbox import coql
 from syncd.sandbox.state import Org, StoredEmail, ZohoError
 from syncd.sandbox.validate import Violation, multipart_parts, shared_validator
 
@@ -132,6 +133,7 @@ class SandboxServer:
             ("GET", re.compile(r"/actions/email_available"), self._email_available, None),
             ("POST", re.compile(r"/files"), self._files, None),
             ("GET", re.compile(r"/(\w+)/search"), self._search, None),
+            ("POST", re.compile(r"/coql"), self._coql, None),
             ("POST", re.compile(r"/(\w+)/(\d+)/actions/associate_email"), self._associate, "Emails"),
             ("POST", re.compile(r"/Contacts/(\d+)/Emails(?:/(\w+))?/actions/link_record"), self._link, "Emails"),
             ("DELETE", re.compile(r"/Contacts/(\d+)/Emails(?:/(\w+))?/actions/link_record"), self._unlink, "Emails"),
@@ -213,6 +215,11 @@ class SandboxServer:
         with self._lock:
             self._faults.append(fault)
 
+    def clear_faults(self) -> None:
+        """Forget every injected fault not used up yet: the CRM is healthy again."""
+        with self._lock:
+            self._faults.clear()
+
     def take_fault(self, method: str, path: str) -> Fault | None:
         with self._lock:
             for fault in self._faults:
@@ -275,7 +282,10 @@ class SandboxServer:
 
     def _fields(self, request: Request) -> Response:
         module = request.arg("module")
-        fields: list[dict[str, Any]] = [{"api_name": "Email", "data_type": "email", "id": self.org.new_id()}]
+        fields: list[dict[str, Any]] = [
+            {"api_name": name, "data_type": kind, "id": str(4876876000000003000 + i)}
+            for i, (name, kind) in enumerate(sorted(self.org.fields(module).items()))
+        ]
         if module == "Deals":
             values = [
                 {"display_value": name, "actual_value": name, "forecast_type": kind, "probability": p, "id": str(4876876000000006801 + i), "sequence_number": i + 1}
@@ -323,6 +333,12 @@ class SandboxServer:
             raise ZohoError(400, "REQUIRED_PARAM_MISSING", "One of the expected parameter is missing", {"param": "email"})
         found = self.org.search_email(module, request.arg("email"))
         return _listing(found, "data", int(request.arg("page", "1")), int(request.arg("per_page", "200")))
+
+    def _coql(self, request: Request) -> Response:
+        rows, more = coql.run(request.json()["select_query"], self.org.rows, lambda m: set(self.org.fields(m)))
+        if not rows:
+            return Response(204)
+        return Response(200, {"data": rows, "info": {"count": len(rows), "more_records": more}})
 
     def _associate(self, request: Request, module: str, record_id: str) -> Response:
         entry = request.json()["Emails"][0]

@@ -29,6 +29,13 @@ MODULE_IDS = {
     "Purchase_Orders": "4876876000000002189",
 }
 """Modules the Associate Email API supports (custom modules join when seeded)."""
+STANDARD_FIELDS = {
+    "Leads": ("Email", "Secondary_Email", "First_Name", "Last_Name", "Full_Name", "Company"),
+    "Contacts": ("Email", "Secondary_Email", "First_Name", "Last_Name", "Full_Name", "Account_Name"),
+    "Accounts": ("Account_Name", "Website", "Phone"),
+    "Deals": ("Deal_Name", "Stage", "Contact_Name", "Account_Name", "Closing_Date"),
+}
+"""As in a fresh Zoho org: Accounts (and Deals) have no email field at all."""
 
 
 class ZohoError(Exception):
@@ -162,6 +169,20 @@ class Org:
     def record(self, module: str, record_id: str) -> dict[str, Any] | None:
         with self._lock:
             return self.records.get(module, {}).get(record_id)
+
+    def rows(self, module: str) -> list[dict[str, Any]] | None:
+        """Copies of every record of ``module``; None when the org has no such module."""
+        with self._lock:
+            if module not in self.module_ids:
+                return None
+            return [dict(r) for r in self.records.get(module, {}).values()]
+
+    def fields(self, module: str) -> dict[str, str]:
+        """The module's fields (api name → data type): its standard ones and every key its records use."""
+        with self._lock:
+            names = set(STANDARD_FIELDS.get(module, ())) | {k for r in self.records.get(module, {}).values() for k in r}
+        names.discard("id")
+        return {n: "email" if "email" in n.lower() else "text" for n in names}
 
     def search_email(self, module: str, address: str) -> list[dict[str, Any]]:
         """Like Zoho, loose: any email field containing the address, case-insensitively.

@@ -22,6 +22,8 @@ class Folder:
 
     name: str
     sent: bool = False
+    drafts: bool = False
+    """The mailbox's Drafts folder (SPECIAL-USE ``\\Drafts``): nothing in it is ever imported."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +43,8 @@ class RawMessage:
     size: int
     internaldate: datetime | None
     data: bytes | None
+    flags: tuple[bytes, ...] = ()
+    """IMAP flags as the server gave them (``b"\\Draft"``, ...); sources that have none give ()."""
 
 
 class MailSource(Protocol):

@@ -12,6 +12,7 @@ import ipaddress
 import socket
 import ssl
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import TypeVar
 
@@ -28,6 +29,7 @@ from syncd.source.oauth import tokens_for
 # 2000 UIDs of at most 10 digits plus commas is under 22 KB.
 MAX_UIDS_PER_FETCH = 2000
 SENT_FLAG = b"\\Sent"
+DRAFTS_FLAG = b"\\Drafts"
 T = TypeVar("T")
 
 
@@ -70,11 +72,12 @@ class ImapSource:
             _drop(client)  # the connection is already gone; only the socket is left to release
 
     def folders(self) -> list[Folder]:
+        listing = self._call("LIST", lambda c: c.list_folders())
         sent = self.settings.sent_folders
         if sent is None:
-            listing = self._call("LIST", lambda c: c.list_folders())
             sent = tuple(name for flags, _, name in listing if SENT_FLAG in flags)
-        return folder_list(self.settings.folders, sent)
+        drafts = {name for flags, _, name in listing if DRAFTS_FLAG in flags}
+        return [replace(f, drafts=f.name in drafts) for f in folder_list(self.settings.folders, sent)]
 
     def select(self, folder: str) -> Selected:
         self._selected = None
@@ -105,7 +108,7 @@ class ImapSource:
             yield from self._fetch_batch(batch, max_size)
 
     def _fetch_batch(self, batch: list[int], max_size: int | None) -> Iterator[RawMessage]:
-        meta = self._call("FETCH", lambda c: c.fetch(batch, ["RFC822.SIZE", "INTERNALDATE"]))
+        meta = self._call("FETCH", lambda c: c.fetch(batch, ["RFC822.SIZE", "INTERNALDATE", "FLAGS"]))
         # UIDs missing from the answer were expunged since the SEARCH; unsolicited
         # FETCH responses (flag updates) lack the size and are ignored too
         asked = set(batch)
@@ -115,10 +118,11 @@ class ImapSource:
         for uid in sorted(present):
             size: int = present[uid][b"RFC822.SIZE"]
             date: datetime | None = present[uid].get(b"INTERNALDATE")
+            flags = tuple(present[uid].get(b"FLAGS", ()))
             if uid not in wanted:
-                yield RawMessage(uid, size, date, None)
+                yield RawMessage(uid, size, date, None, flags)
             elif b"BODY[]" in bodies.get(uid, {}):
-                yield RawMessage(uid, size, date, bodies[uid][b"BODY[]"])
+                yield RawMessage(uid, size, date, bodies[uid][b"BODY[]"], flags)
 
     def _require_selected(self) -> None:
         if self._selected is None:

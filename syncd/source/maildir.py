@@ -80,7 +80,7 @@ class _LocalSource:
                 continue
             data = self._read(entry)
             if data is not None:
-                yield RawMessage(uid, entry.size, entry.internaldate, data)
+                yield RawMessage(uid, entry.size, entry.internaldate, data, _maildir_flags(entry.path.name))
 
     def _selected(self) -> dict[int, _Entry]:
         if self._index is None:
@@ -203,6 +203,12 @@ class MboxSource(_LocalSource):
         except OSError as e:
             raise SourceError(f"mailbox {self.settings.name!r}: cannot read {self.path}: {e}") from e
         return entries, self._stamp[0] % 0xFFFFFFFF + 1
+
+
+def _maildir_flags(name: str) -> tuple[bytes, ...]:
+    """IMAP flags from a Maildir file name's ``:2,`` info (only D, draft, matters to syncd); mbox has none."""
+    info = name.partition(":2,")[2]
+    return (b"\\Draft",) if "D" in info else ()
 
 
 def _is_maildir(path: Path) -> bool:

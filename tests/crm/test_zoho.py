@@ -286,3 +286,19 @@ def test_secrets_never_appear_in_errors_or_reprs(crm_settings: CrmSettings, crm_
     for text in texts:
         for secret_value in (secret, refresh, access, "s3cr3t"):
             assert secret_value not in text
+
+
+def test_find_by_emails_quotes_and_matches_every_email_field(crm: ZohoCrm, crm_server: SandboxServer):
+    """COQL lookups escape quotes, match any email field exactly (case aside) and keep near-misses out."""
+    (obrien,) = crm_server.seed("Leads", [{"Last_Name": "O'Brien", "Full_Name": "Ann O'Brien", "Email": "ann.o'brien@x.example"}])
+    found = crm.find_by_emails("Leads", ["Ann.O'Brien@x.example", "lena@prospect.example"])
+    assert sorted((r.id, r.name) for r in found) == sorted([(obrien, "Ann O'Brien"), (crm_server.lead_ids[0], "Lena Lead")])
+    near = crm.find_by_emails("Contacts", ["bob@example.com.au"])
+    assert [(r.id, r.email) for r in near] == [(crm_server.contact_ids[1], "BOB@example.com.au")]
+    assert crm_server.violations == []
+
+
+def test_find_by_emails_skips_modules_without_email_fields(crm: ZohoCrm):
+    """Accounts have no email field: no query is made and nothing is found."""
+    assert crm.find_by_emails("Accounts", ["bob@example.com"]) == []
+    assert crm.calls.get("coql", 0) == 0 and crm.calls["fields"] == 1
