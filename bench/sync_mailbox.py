@@ -1,8 +1,11 @@
 """Benchmark: one `syncd once` pass over a mailbox of N mixed messages in a real Dovecot, into the sandbox CRM.
 
-    .venv/bin/python -m bench.sync_mailbox [--messages 1000] [--people 50]
+    .venv/bin/python -m bench.sync_mailbox [--messages 1000] [--people 50] [--lookup batch|cache|none]
 
-Prints wall time, messages/s, the CRM calls made (by endpoint) and peak memory.
+Prints wall time, messages/s, the CRM calls made (by endpoint), the calls per associated
+message and peak memory. ``--lookup`` picks how records are found: ``batch`` (the default:
+address cache and batched COQL queries), ``cache`` (cache, one search per address and module),
+``none`` (one search per address, module and message: lookup economy's "before").
 """
 
 from __future__ import annotations
@@ -21,17 +24,27 @@ from bench.corpus import OWN, corpus
 from syncd import log
 from syncd.app import App
 from syncd.sandbox import SandboxServer
-from syncd.settings import CrmSettings, LedgerSettings, Secret, Settings
+from syncd.settings import CrmSettings, LedgerSettings, MatchSettings, Secret, Settings
 from tests.fixtures.dovecot import Dovecot, ImapUser
+
+
+LOOKUPS = {
+    "batch": MatchSettings(),
+    "cache": MatchSettings(batch_lookups=False),
+    "none": MatchSettings(cache_ttl=0, batch_lookups=False),
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--people", type=int, default=50)
+    parser.add_argument("--lookup", choices=sorted(LOOKUPS), default="batch",
+                        help="batch: cache + COQL; cache: cache + search; none: a search per address and message")
     args = parser.parse_args()
     log.configure(stream=open("/dev/null", "w"), json=True)
 
+    match = LOOKUPS[args.lookup]
     root = Path(tempfile.mkdtemp(prefix="dc", dir="/tmp"))
     root.chmod(0o755)
     server = Dovecot(root)
@@ -53,7 +66,7 @@ def main() -> None:
                 crm=CrmSettings(client_id=cid, client_secret=Secret(secret), refresh_token=Secret(refresh),
                                 api_domain=crm.url, accounts_url=crm.url),
                 ledger=LedgerSettings(root / "ledger.sqlite3"),
-                mailboxes=(user.settings(addresses=(OWN,)),),
+                mailboxes=(user.settings(addresses=(OWN,), match=match),),
             )
             app = App(settings)
             t0 = time.perf_counter()
@@ -75,7 +88,11 @@ def main() -> None:
     print(f"CRM calls: {sum(calls.values())} total, {dict(sorted(calls.items()))}")
     associated = report.states.get("done", 0)
     if associated:
-        print(f"CRM calls per associated message: {sum(calls.values()) / associated:.2f}")
+        lookups = sum(calls.get(k, 0) for k in ("search", "coql", "fields"))
+        deliveries = received / associated
+        print(f"CRM calls per associated message: {sum(calls.values()) / associated:.2f} "
+              f"(record lookups {lookups}: {lookups / associated:.3f} per message; "
+              f"{deliveries:.2f} associations per message)")
     print(f"associations received by the CRM: {received}; spec violations: {violations}")
     print(f"second pass (nothing new): {second:.2f}s, states {dict(again.states) or 'none'}")
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")

@@ -8,7 +8,6 @@ outcome. A crash anywhere leaves ``pending``; the resend that follows is answere
 
 from __future__ import annotations
 
-import html
 import random
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -46,8 +45,11 @@ def backoff(attempt: int, *, base: float = 30.0, cap: float = 3600.0) -> datetim
     return datetime.now(UTC) + timedelta(seconds=random.uniform(delay / 2, delay))
 
 
-def fit_attachments(email: Email) -> Email:
-    """Keep the files that fit Zoho's 10 MB, in order; list the others in a note at the end of the body."""
+def fit_attachments(email: Email) -> tuple[Email, list[Attachment]]:
+    """Keep the files that fit Zoho's 10 MB, in order; return the others too, for a note in the body.
+
+    Zoho's 20 MB per file never binds on its own: any file over 10 MB is already left out here.
+    """
     kept: list[Attachment] = []
     dropped: list[Attachment] = []
     total = 0
@@ -57,16 +59,7 @@ def fit_attachments(email: Email) -> Email:
             total += len(att.data)
         else:
             dropped.append(att)
-    if not dropped:
-        return email
-    lines = [f"{a.filename} ({len(a.data):,} bytes)" for a in dropped]
-    head = "[syncd] Not attached here, over Zoho's 10 MB limit (still in the mailbox):"
-    if email.mail_format == "html":
-        items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
-        note = f"<hr><p>{html.escape(head)}</p><ul>{items}</ul>"
-    else:
-        note = "\n\n-- \n" + head + "\n" + "\n".join(f"- {line}" for line in lines)
-    return replace(email, attachments=tuple(kept), content=email.content + note)
+    return (replace(email, attachments=tuple(kept)) if dropped else email), dropped
 
 
 class Deliverer:
@@ -98,7 +91,8 @@ class Deliverer:
         faultpoints.reach("claimed")
         try:
             linked = self._deals.linked_record(record) if self._deals else None  # before any upload: ids are single-use
-            payload = self._payload(fit_attachments(email), sent=sent, linked_record=linked)
+            fitted, left_out = fit_attachments(email)
+            payload = self._payload(fitted, sent=sent, linked_record=linked, left_out=left_out)
             faultpoints.reach("uploaded")
             result = self._crm.associate_email(record.module, record.id, payload)
         except ParseError as exc:
@@ -133,7 +127,7 @@ class Deliverer:
             self._ledger.record_deal(key, "predicted", linked["id"], linked["name"])
         return Verdict(State.DONE)
 
-    def _payload(self, email: Email, *, sent: bool, linked_record: dict | None) -> dict:
+    def _payload(self, email: Email, *, sent: bool, linked_record: dict | None, left_out: list[Attachment]) -> dict:
         inline = [a for a in email.attachments if a.inline and email.mail_format == "html"]
         files = [a for a in email.attachments if a not in inline]
         inline_ids = self._upload(inline, inline=True)
@@ -145,6 +139,7 @@ class Deliverer:
             inline_ids={a.content_id: fid for a, fid in zip(inline, inline_ids) if a.content_id},
             owner_id=self._owner.owner_key() if self._owner else None,
             linked_record=linked_record,
+            left_out=[(a.filename, len(a.data)) for a in left_out],
         )
 
     def _upload(self, attachments: list[Attachment], *, inline: bool) -> list[str]:

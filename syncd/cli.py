@@ -133,8 +133,10 @@ def run(config_file: str | None, names: tuple[str, ...]) -> None:
 @main.command()
 @config_option
 @click.option("--mailbox", "names", multiple=True, metavar="NAME", help="Only this mailbox (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Print per message the records, deal and payload it would get; "
+              "write nothing to the CRM or the ledger (reads still happen).")
 @_fail_clearly
-def once(config_file: str | None, names: tuple[str, ...]) -> None:
+def once(config_file: str | None, names: tuple[str, ...], dry_run: bool) -> None:
     """One pass over every (or the named) mailbox; exit 0 when every message reached a final state."""
     from syncd.app import App
 
@@ -146,12 +148,19 @@ def once(config_file: str | None, names: tuple[str, ...]) -> None:
             known = ", ".join(m.name for m in settings.mailboxes)
             click.echo(f"syncd: no mailbox named {', '.join(unknown)} (configured: {known})", err=True)
             sys.exit(EXIT_CONFIG)
-        app = App(settings, stopping=stopping)
+        dry = None
+        if dry_run:
+            from syncd.dryrun import DryRun
+
+            dry = DryRun(settings)
+        app = App(dry.settings if dry else settings, stopping=stopping, crm=dry.crm if dry else None)
         try:
             reports = app.once(list(names) or None)
             calls = dict(app.crm.calls)
         finally:
             app.close()
+            if dry:
+                dry.close()
     from syncd.report import print_pass_summary
 
     print_pass_summary(reports, calls, ledger_path=settings.ledger.path, demo=settings.demo)

@@ -67,6 +67,9 @@ CHARSETS = {
     "koi8-r": ("Отчёт за квартал", "Сергей Иванов"),
     "gb2312": ("关于合同的问题 €", "王小明"),
     "utf-8": ("Grüße aus Köln 👋", "Zoë Ærø"),
+    "gb18030": ("付款 𠀀 𪚥 €", "张伟"),
+    "iso-8859-15": ("Prix : 5 € - œuvre", "Zoë Œuvre"),
+    "windows-1250": ("Příliš žluťoučký kůň", "Jiří Novák"),
 }
 
 
@@ -172,12 +175,29 @@ def test_inline_image_referenced_by_cid():
     assert image.data == expected.get_content()
 
 
-def test_unreferenced_inline_image_is_a_plain_attachment():
-    """An inline image the html never references keeps its bytes as an ordinary attachment (no content_id)."""
-    used, logo = parse("inline-logo-unreferenced.eml").attachments
+def test_unreferenced_inline_image_stays_inline_below_the_html():
+    """A display image the html never references (a signature logo) stays inline, placed below the html."""
+    mail = parse("inline-logo-unreferenced.eml")
+    used, logo = mail.attachments
     assert (used.filename, used.content_id) == ("attachment-1.png", "used@x")
-    assert (logo.filename, logo.content_id, logo.inline) == ("attachment-2.png", None, False)
+    assert (logo.filename, logo.content_id, logo.inline) == ("attachment-2.png", "logo@x", True)
     assert logo.data.startswith(b"\x89PNG")
+    assert mail.content.endswith('<div><img src="cid:logo@x"></div>')
+
+
+def test_attached_or_text_mail_images_stay_attachments():
+    """An image marked as attachment, or any image of a text-only mail, is an attachment even with a Content-ID."""
+    attached = mime(
+        'Content-Type: multipart/mixed; boundary="b"',
+        '--b\nContent-Type: text/html\n\n<p>Hi</p>\n--b\nContent-Type: image/png\nContent-ID: <a@x>\n'
+        'Content-Disposition: attachment; filename="chart.png"\n\npng\n--b--\n',
+    )
+    (chart,) = parse_message(attached).attachments
+    assert (chart.filename, chart.inline) == ("chart.png", False)
+    text = attached.replace(b"text/html", b"text/plain")
+    text = text.replace(b"Content-Disposition: attachment; filename=\"chart.png\"\r\n", b"")
+    (image,) = parse_message(text).attachments
+    assert (image.inline, parse_message(text).mail_format) == (False, "text")
 
 
 def test_encoded_filenames():

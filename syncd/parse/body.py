@@ -48,6 +48,8 @@ class _File:
     content_type: str
     data: bytes
     content_id: str | None
+    attached: bool = False
+    """Marked ``Content-Disposition: attachment``: a file the sender attached, never shown inline."""
 
 
 @dataclass
@@ -73,7 +75,8 @@ class _Walker:
             if text.strip():  # an empty part (a truncated mail's stub) adds nothing to the body
                 self.chunks.append((ctype, text.replace("\r\n", "\n")))
         else:
-            self.files.append(_File(_filename(part), ctype, _payload(part), _content_id(part)))
+            attached = as_file or part.get_content_disposition() == "attachment"
+            self.files.append(_File(_filename(part), ctype, _payload(part), _content_id(part), attached))
 
     def _message_file(self, part: Message, ctype: str) -> _File:
         """A message/* part as one file: the inner message's bytes, a forwarded mail named after its subject."""
@@ -158,18 +161,50 @@ def _content(chunks: list[tuple[str, str]]) -> tuple[str, Literal["html", "text"
     return "\n".join(parts), "html"
 
 
-def _attachment(file: _File, position: int, referenced: set[str]) -> Attachment:
-    """The public value; unnamed parts get a positional name, inline only when the html uses the cid."""
+def _shown_unreferenced(file: _File, html_mail: bool, referenced: set[str]) -> bool:
+    """An image meant for display (a Content-ID, not marked as attachment) that the html never places:
+    a signature logo, say. Mail clients show such images below the text; so does syncd."""
+    return (
+        html_mail
+        and file.content_id is not None
+        and file.content_id.casefold() not in referenced
+        and file.content_type.startswith("image/")
+        and not file.attached
+    )
+
+
+def _append_html(content: str, fragment: str) -> str:
+    """``fragment`` at the end of the html's body: before its last ``</body>``, else at the very end."""
+    end = content.lower().rfind("</body>")
+    if end < 0:
+        return content + "\n" + fragment
+    return content[:end] + fragment + content[end:]
+
+
+def _attachment(file: _File, position: int, inline: bool) -> Attachment:
+    """The public value; unnamed parts get a positional name; ``inline`` keeps the content id."""
     name = file.filename or f"attachment-{position}.{_EXTENSIONS.get(file.content_type, 'bin')}"
-    inline = file.content_id is not None and file.content_id.casefold() in referenced
     return Attachment(name, file.content_type, file.data, file.content_id if inline else None)
 
 
 def extract(message: Message, linesep: str) -> Body:
-    """Body and attachments of a parsed message; line endings in the content become ``\\n``."""
+    """Body and attachments of a parsed message; line endings in the content become ``\\n``.
+
+    In html mail, parts the html references by ``cid:`` are inline; so are display images it does
+    not reference (``_shown_unreferenced``): they are appended below the html, where mail clients
+    show them, instead of turning into attachments. Everything else is an attachment.
+    """
     walker = _Walker(linesep)
     walker.walk(message)
     content, mail_format = _content(walker.chunks)
-    referenced = {unquote(ref).casefold() for ref in _CID_REF.findall(content)} if mail_format == "html" else set()
-    files = tuple(_attachment(f, i, referenced) for i, f in enumerate(walker.files, start=1))
-    return Body(content, mail_format, files)
+    html_mail = mail_format == "html"
+    referenced = {unquote(ref).casefold() for ref in _CID_REF.findall(content)} if html_mail else set()
+    files = []
+    for position, file in enumerate(walker.files, start=1):
+        appended = _shown_unreferenced(file, html_mail, referenced)
+        if appended:
+            content = _append_html(content, f'<div><img src="cid:{html.escape(file.content_id or "", quote=True)}"></div>')
+            referenced.add((file.content_id or "").casefold())
+        cited = file.content_id is not None and file.content_id.casefold() in referenced
+        files.append(_attachment(file, position, cited))
+    return Body(content, mail_format, tuple(files))

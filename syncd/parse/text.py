@@ -131,7 +131,8 @@ def _continues_cluster(ch: str) -> bool:
     )
 
 
-def _utf16_len(text: str) -> int:
+def utf16_len(text: str) -> int:
+    """Length as Zoho counts it: UTF-16 code units (Java chars)."""
     return len(text.encode("utf-16-le")) // 2
 
 
@@ -141,13 +142,13 @@ def truncate(text: str, limit: int, marker: str = "…") -> str:
     The cut never splits a code point and backs off so no combining mark, ZWJ sequence or
     variation selector loses its base character.
     """
-    if _utf16_len(text) <= limit:
+    if utf16_len(text) <= limit:
         return text
-    budget = limit - _utf16_len(marker)
+    budget = limit - utf16_len(marker)
     cut = 0
     used = 0
     for ch in text:
-        used += _utf16_len(ch)
+        used += utf16_len(ch)
         if used > budget:
             break
         cut += 1

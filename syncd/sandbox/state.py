@@ -65,6 +65,8 @@ class StoredEmail:
     message_id: str
     payload: dict[str, Any]
     linked_record: dict[str, Any] | None = None
+    files: list[StoredFile] = field(default_factory=list)
+    """The ZFS files the email took: its attachments, then its inline images."""
 
     @property
     def original_message_id(self) -> str:
@@ -242,7 +244,8 @@ class Org:
                 raise ZohoError(400, "FILE_SIZE_EXCEEDS", "Total file(s) size should not exceed 10MB")
             for file_id in file_ids:
                 del self.files[file_id]
-            stored = StoredEmail(module, record_id, secrets.token_hex(32), dict(entry), linked)
+            stored = StoredEmail(module, record_id, secrets.token_hex(32), dict(entry), linked,
+                                 [f for f in files if f is not None])
             owned[stored.original_message_id] = stored
             self.received.append(stored)
             return stored.message_id
