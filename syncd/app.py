@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import date
 
 import structlog
 
@@ -49,10 +50,10 @@ class App:
             for m in settings.mailboxes
         }
 
-    def safe_pass(self, name: str) -> PassReport:
+    def safe_pass(self, name: str, since: date | None = None) -> PassReport:
         """One pass of one mailbox that never raises: failures land in the report, the log, the metrics
         and the ledger's poll record (what ``syncd status`` shows)."""
-        report = self._pass(name)
+        report = self._pass(name, since)
         metrics.pass_done(name, complete=report.complete, failed=bool(report.errors))
         try:
             self.ledger.record_poll(name, error="; ".join(report.errors), error_kind=report.error_kind)
@@ -60,9 +61,9 @@ class App:
             log.error("poll_not_recorded", mailbox=name, error=str(exc))
         return report
 
-    def _pass(self, name: str) -> PassReport:
+    def _pass(self, name: str, since: date | None) -> PassReport:
         try:
-            return self.syncs[name].run_pass()
+            return self.syncs[name].run_pass(since)
         except SyncdError as exc:
             log.error("pass_failed", mailbox=name, error=str(exc), kind=type(exc).__name__)
             report = PassReport(name, error_kind=type(exc).__name__)
@@ -87,11 +88,14 @@ class App:
             problems.append(f"crm: {exc}")
         return problems
 
-    def once(self, names: list[str] | None = None) -> list[PassReport]:
-        """One pass over the named (default: every) mailbox, in parallel; reports in config order."""
+    def once(self, names: list[str] | None = None, since: date | None = None) -> list[PassReport]:
+        """One pass over the named (default: every) mailbox, in parallel; reports in config order.
+
+        ``since``: a backfill of the mail received on or after that day (``syncd once --since``).
+        """
         names = names or list(self.syncs)
         with ThreadPoolExecutor(max_workers=max(1, len(names)), thread_name_prefix="mailbox") as pool:
-            return list(pool.map(self.safe_pass, names))
+            return list(pool.map(lambda name: self.safe_pass(name, since), names))
 
     def close(self) -> None:
         self.crm.close()

@@ -12,12 +12,13 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Collection, Iterator
+from datetime import datetime
 from functools import wraps
 from pathlib import Path
 
 import click
 
-from syncd import __version__, config, log, metrics
+from syncd import __version__, config, log, metrics, progress
 from syncd.errors import ConfigError, LedgerError, SyncdError
 from syncd.ledger import State
 from syncd.settings import Settings
@@ -133,10 +134,13 @@ def run(config_file: str | None, names: tuple[str, ...]) -> None:
 @main.command()
 @config_option
 @click.option("--mailbox", "names", multiple=True, metavar="NAME", help="Only this mailbox (repeatable).")
+@click.option("--since", type=click.DateTime(formats=["%Y-%m-%d"]), metavar="YYYY-MM-DD",
+              help="Backfill: only mail received on or after this day; older new mail is recorded as skipped. "
+                   "Interrupted? Run the same command again: it resumes.")
 @click.option("--dry-run", is_flag=True, help="Print per message the records, deal and payload it would get; "
               "write nothing to the CRM or the ledger (reads still happen).")
 @_fail_clearly
-def once(config_file: str | None, names: tuple[str, ...], dry_run: bool) -> None:
+def once(config_file: str | None, since: datetime | None, names: tuple[str, ...], dry_run: bool) -> None:
     """One pass over every (or the named) mailbox; exit 0 when every message reached a final state."""
     from syncd.app import App
 
@@ -155,7 +159,8 @@ def once(config_file: str | None, names: tuple[str, ...], dry_run: bool) -> None
             dry = DryRun(settings)
         app = App(dry.settings if dry else settings, stopping=stopping, crm=dry.crm if dry else None)
         try:
-            reports = app.once(list(names) or None)
+            with progress.shown():
+                reports = app.once(list(names) or None, since=since.date() if since else None)
             calls = dict(app.crm.calls)
         finally:
             app.close()

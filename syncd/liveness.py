@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from datetime import date
 
 from syncd.settings import MailboxSettings
 from syncd.source import Folder, MailSource, RawMessage, Selected
@@ -79,6 +80,11 @@ class _WatchedSource:
 
     def uids_after(self, last_uid: int) -> list[int]:
         uids = self._inner.uids_after(last_uid)
+        self._beat()
+        return uids
+
+    def uids_since(self, day: date) -> list[int]:
+        uids = self._inner.uids_since(day)
         self._beat()
         return uids
 

@@ -12,11 +12,12 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import structlog
 
 from syncd import faultpoints, metrics
+from syncd import metrics
 from syncd.associate import Deliverer, Verdict, backoff
 from syncd.email import Email
 from syncd.errors import CrmOrgError, CrmTransientError, FolderError, LedgerError, ParseError, SourceError
@@ -76,7 +77,8 @@ class MailboxSync:
         self._stopping = stopping or threading.Event()
         self._open = source_factory
 
-    def run_pass(self) -> PassReport:
+    def run_pass(self, since: date | None = None) -> PassReport:
+        """One pass; ``since`` makes it a backfill of the mail received on or after that day (see ``_leave_out``)."""
         report = PassReport(self.mailbox.name)
         with structlog.contextvars.bound_contextvars(mailbox=self.mailbox.name):
             with self._open(self.mailbox) as source:
@@ -84,7 +86,7 @@ class MailboxSync:
                     if self._stopping.is_set():
                         break
                     try:
-                        self._sync_folder(source, folder, report)
+                        self._sync_folder(source, folder, report, since)
                     except FolderError as exc:
                         log.error("folder_unavailable", folder=folder.name, error=str(exc))
                         report.errors.append(str(exc))
@@ -97,7 +99,7 @@ class MailboxSync:
         log.info("pass_done", **{str(k): v for k, v in report.states.items()}, complete=report.complete)
         return report
 
-    def _sync_folder(self, source: MailSource, folder: Folder, report: PassReport) -> None:
+    def _sync_folder(self, source: MailSource, folder: Folder, report: PassReport, since: date | None = None) -> None:
         selected = source.select(folder.name)
         name, uidvalidity = folder.name, selected.uidvalidity
         checkpoint = self._ledger.checkpoint(self.mailbox.name, name)
@@ -108,6 +110,8 @@ class MailboxSync:
             log.warning("uidvalidity_changed", folder=name, old=checkpoint.uidvalidity, new=uidvalidity,
                         action="rescanning; the ledger prevents re-sends")
         new = source.uids_after(last)
+        if since is not None:
+            self._leave_out(source, name, uidvalidity, new, since)
         due = self._ledger.due(self.mailbox.name, name, uidvalidity, datetime.now(UTC))
         known = self._ledger.message_states(self.mailbox.name, name, uidvalidity, new)
         now = datetime.now(UTC)
@@ -134,6 +138,16 @@ class MailboxSync:
             verdicts.update((u, State.SKIPPED) for u in todo if u not in verdicts)
         self._retro.settle(name, uidvalidity, {u: verdicts[u] for u in waiting if u in verdicts})
         self._advance(name, uidvalidity, last, new, verdicts)
+
+    def _leave_out(self, source: MailSource, folder: str, uidvalidity: int, new: list[int], since: date) -> None:
+        """Backfill: record the new messages received before ``since`` as skipped, unfetched, so the checkpoint
+        moves past them for good (``syncd ledger retry --state skipped`` brings them back)."""
+        window = set(source.uids_since(since))
+        before = [u for u in new if u not in window]
+        if before:
+            self._ledger.record_skipped(self.mailbox.name, folder, uidvalidity, before,
+                                        reason=f"received before the backfill's --since {since}")
+        log.info("backfill_window", folder=folder, since=str(since), left_out=len(before), inside=len(new) - len(before))
 
     def _handle(self, key: MessageKey, folder: Folder, raw: RawMessage, report: PassReport) -> Verdict:
         email: Email | None = None

@@ -28,6 +28,7 @@ from syncd.ledger import (
     MessageRow,
     PollRow,
     State,
+    placeholder_id,
 )
 
 SCHEMA_VERSION = 4
@@ -237,6 +238,19 @@ class SqliteLedger:
             sql += f" LIMIT {int(limit)}"
         with self._lock:
             return [self._message(r) for r in self._run(sql, params).fetchall()]
+
+    def record_skipped(self, mailbox: str, folder: str, uidvalidity: int, uids: Sequence[int], *, reason: str) -> None:
+        """Record never-fetched messages as skipped, in one transaction; messages already known are left alone."""
+        now = _now()
+        rows = [(mailbox, folder, uidvalidity, uid, placeholder_id(MessageKey(mailbox, folder, uidvalidity, uid)),
+                 State.SKIPPED, reason, now) for uid in uids]
+        with self._lock, self._transaction():
+            try:
+                self._db.executemany(
+                    "INSERT INTO messages (mailbox, folder, uidvalidity, uid, message_id, state, reason, updated) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", rows)
+            except sqlite3.Error as exc:
+                raise LedgerError(f"ledger {self.path}: {exc}") from None
 
     def record_poll(self, mailbox: str, *, error: str = "", error_kind: str = "") -> None:
         """A pass over ``mailbox`` ended, with ``error`` (empty: none); an error is kept until the next one."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Protocol
 
 from syncd.settings import MailboxSettings
@@ -60,6 +60,10 @@ class MailSource(Protocol):
 
     def uids_after(self, last_uid: int) -> list[int]:
         """UIDs greater than ``last_uid`` in the selected folder, ascending."""
+        ...
+
+    def uids_since(self, day: date) -> list[int]:
+        """UIDs of the messages received on or after ``day`` (IMAP SEARCH SINCE, by internal date), ascending."""
         ...
 
     def fetch(self, uids: Sequence[int], *, max_size: int | None = None) -> Iterator[RawMessage]:

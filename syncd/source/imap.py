@@ -13,7 +13,7 @@ import socket
 import ssl
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import date, datetime
 from typing import TypeVar
 
 from imapclient import IMAPClient
@@ -100,6 +100,10 @@ class ImapSource:
         # "N:*" always matches the last message, even when its UID is below N
         found = self._call("UID SEARCH", lambda c: c.search(["UID", f"{last_uid + 1}:*"]))
         return sorted(uid for uid in found if uid > last_uid)
+
+    def uids_since(self, day: date) -> list[int]:
+        self._require_selected()
+        return sorted(self._call("UID SEARCH", lambda c: c.search(["SINCE", day])))
 
     def fetch(self, uids: Sequence[int], *, max_size: int | None = None) -> Iterator[RawMessage]:
         self._require_selected()

@@ -18,7 +18,7 @@ import os
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import BinaryIO
 
@@ -68,6 +68,9 @@ class _LocalSource:
 
     def uids_after(self, last_uid: int) -> list[int]:
         return [uid for uid in self._selected() if uid > last_uid]
+
+    def uids_since(self, day: date) -> list[int]:
+        return [uid for uid, e in self._selected().items() if e.internaldate is None or e.internaldate.date() >= day]
 
     def fetch(self, uids: Sequence[int], *, max_size: int | None = None) -> Iterator[RawMessage]:
         index = self._selected()
