@@ -44,6 +44,7 @@ def candidates(email: Email, *, sent: bool, policy: MatchSettings) -> list[Addre
 
 
 def is_blocked(addr: Address, policy: MatchSettings) -> bool:
+    """Whether ``addr`` is in ``block_addresses`` or in (a subdomain of) one of ``block_domains``."""
     key = address_key(addr.addr, strip_plus=policy.strip_plus_tags) or addr.key
     blocked = {address_key(a, strip_plus=policy.strip_plus_tags) for a in policy.block_addresses}
     return key in blocked or in_domains(key, policy.block_domains)

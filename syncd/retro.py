@@ -12,11 +12,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
+import structlog
+
 from syncd.addrkey import address_key
+from syncd.errors import CrmTransientError
 from syncd.ledger import MessageKey, State
 from syncd.ledger.sqlite import SqliteLedger
 from syncd.match import Match, Matcher
 from syncd.settings import MailboxSettings
+
+log = structlog.get_logger("syncd.retro")
 
 
 class Retro:
@@ -49,7 +54,11 @@ class Retro:
         if not waiting:
             return set()
         keys = sorted({k for ks in waiting.values() for k in ks})
-        known = self._matcher.known(keys, policy)
+        try:
+            known = self._matcher.known(keys, policy)
+        except CrmTransientError as exc:  # the re-check waits for the next pass; new mail goes on now
+            log.warning("unmatched_recheck_failed", folder=folder, error=str(exc))
+            return set()
         self._ledger.mark_unmatched_checked(name, [k for k in keys if k not in known])
         return {uid for uid, ks in waiting.items() if known.intersection(ks)}
 

@@ -192,3 +192,15 @@ def test_failed_lookup_leaves_the_message_for_retry(sync, imap_user: ImapUser, c
     s.app.ledger.retry(message_id="lk@x")
     s.run()
     assert s.received() == {"lk@x": [("Contacts", people["bob"])]}
+
+
+def test_custom_modules_are_matched_and_modules_without_email_fields_are_harmless(sync, imap_user: ImapUser,
+                                                                                   crm_server: SandboxServer):
+    """A custom module with an email field gets the email; Accounts (no email field in Zoho) are asked nothing."""
+    (vendor,) = crm_server.seed("Vendors_X", [{"Name": "Acme Supplies", "Vendor_Email": "orders@supplier.example"}])
+    imap_user.append("INBOX", mail("orders@supplier.example", OWN, message_id="<cm@x>"))
+    s = sync(modules=("Accounts", "Vendors_X"))
+    s.run()
+    assert s.received() == {"cm@x": [("Vendors_X", vendor)]}
+    assert "orders@supplier.example → Vendors_X/" in s.row("cm@x").reason and "(Acme Supplies)" in s.row("cm@x").reason
+    assert s.app.crm.calls.get("search", 0) == 0 and crm_server.violations == []

@@ -91,3 +91,20 @@ def test_window_zero_turns_retroactive_association_off(tmp_path: Path, imap_user
         assert crm_server.received() == []
     finally:
         s.close()
+
+
+def test_a_failing_recheck_does_not_stop_new_mail(tmp_path: Path, imap_user: ImapUser, crm_server: SandboxServer):
+    """If the CRM fails the re-check of waiting addresses, the pass still delivers new mail and re-checks next time."""
+    imap_user.append("INBOX", mail("wait@unknown.example", OWN, message_id="<w@x>"))
+    s = syncer(tmp_path, imap_user, crm_server, unmatched_recheck=0, cache_ttl=0)
+    try:
+        s.run()
+        crm_server.seed("Contacts", [{"Last_Name": "Wait", "Email": "wait@unknown.example"}])
+        imap_user.append("INBOX", mail("bob@example.com", OWN, message_id="<new@x>"))
+        crm_server.inject(r"/coql", status=503, times=4)  # every try of the re-check's first query
+        assert s.run().states == {State.DONE: 1}
+        assert s.row("w@x").state == State.UNMATCHED
+        assert s.run().states == {State.DONE: 1}
+        assert sorted(s.received()) == ["new@x", "w@x"]
+    finally:
+        s.close()
