@@ -1,4 +1,4 @@
-"""syncd@.service in a booted systemd container: starts, reaches READY, syncs, is restarted by the watchdog, stops cleanly.
+"""The units in a booted systemd container: they start, reach READY, sync, are restarted by the watchdog, stop cleanly.
 
 Slow (SYNCD_SLOW_TESTS=1). A Debian tree with systemd is debootstrapped once (cached, see
 tests.deploy.images) and booted with `systemd-nspawn --boot --volatile=overlay`, so every run
@@ -91,49 +91,73 @@ def machine(tmp_path: Path) -> Iterator:
                 m.proc.kill()
 
 
+def dropin(tmp: Path, name: str, text: str) -> Path:
+    folder = tmp / name
+    folder.mkdir()
+    (folder / "test.conf").write_text(f"[Service]\n{text}")
+    return folder
+
+
+def started_ready(m: Machine, unit: str) -> None:
+    """`systemctl start` of a Type=notify unit returns once syncd sent READY=1."""
+    start = m.run("systemctl", "start", unit)
+    assert start.returncode == 0, start.stderr + m.run("journalctl", "-u", unit, "--no-pager").stdout
+    assert m.show(unit, "SubState") == "running"
+
+
+def stopped_cleanly(m: Machine, unit: str, secrets_: tuple[str, ...]) -> None:
+    """`systemctl stop`: SIGTERM, syncd exits 0 by itself, its log ends with "stopped" and holds no secret."""
+    assert m.run("systemctl", "stop", unit).returncode == 0
+    assert (m.show(unit, "ActiveState"), m.show(unit, "Result"), m.show(unit, "ExecMainStatus")) == ("inactive", "success", "0")
+    journal = m.run("journalctl", "-u", unit, "--no-pager", "-o", "cat").stdout
+    assert '"event": "stopped"' in journal
+    assert not any(secret in journal for secret in secrets_)
+
+
+def user_of(m: Machine, unit: str) -> str:
+    return m.run("stat", "-c", "%U", f"/proc/{m.show(unit, 'MainPID')}").stdout.strip()
+
+
 @slow
 @pytest.mark.timeout(900)
-def test_instance_unit_lifecycle(machine, tmp_path: Path, imap_user: ImapUser, crm_server: SandboxServer, tarpit: int):
-    """syncd@sales: READY, synced as its own dynamic user; syncd@stuck (hung IMAP): restarted by the watchdog; clean stop."""
+def test_units_in_a_booted_container(machine, tmp_path: Path, imap_user: ImapUser, crm_server: SandboxServer, tarpit: int):
+    """syncd@sales: READY, syncs as its own user, stops cleanly; syncd@stuck (hung IMAP) is restarted by the watchdog; syncd.service too."""
     started = time.monotonic()
     imap_user.append("INBOX", bytes(mail("bob@example.com", OWN, "From a unit", message_id="<unit@x>")))
     hung = ("127.0.0.1", tarpit, "u", secrets.token_hex(8))
     dep = deployment(tmp_path, crm_server, {"sales": imap_of(imap_user), "stuck": hung}, timeout=600)
     for path in [dep.etc, *dep.etc.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)  # the config is public; the secrets stay root's
-    stuck = tmp_path / "stuck.d"
-    stuck.mkdir()
+    units = "/etc/systemd/system"
     # A short watchdog for the hung instance, and no 90 s wait for its hung pass at stop.
-    (stuck / "test.conf").write_text("[Service]\nWatchdogSec=3s\nRestartSec=1s\nTimeoutStopSec=2s\n")
+    stuck = dropin(tmp_path, "stuck", "WatchdogSec=3s\nRestartSec=1s\nTimeoutStopSec=2s\n")
+    everything = dropin(tmp_path, "all", "LoadCredential=sales\n")
     m = machine(f"--bind-ro={dep.etc}:/etc/syncd", f"--bind-ro={dep.credstore}:/etc/credstore",
-                f"--bind-ro={REPO / 'deploy/systemd/syncd@.service'}:/etc/systemd/system/syncd@.service",
-                f"--bind-ro={stuck}:/etc/systemd/system/syncd@stuck.service.d")
+                *(f"--bind-ro={REPO / 'deploy/systemd' / unit}:{units}/{unit}" for unit in ("syncd@.service", "syncd.service")),
+                f"--bind-ro={stuck}:{units}/syncd@stuck.service.d", f"--bind-ro={everything}:{units}/syncd.service.d")
     print(f"\nbooted in {time.monotonic() - started:.1f} s")
 
-    start = m.run("systemctl", "start", "syncd@sales")  # returns once syncd sent READY=1
-    assert start.returncode == 0, start.stderr + m.run("journalctl", "-u", "syncd@sales", "--no-pager").stdout
-    assert m.show("syncd@sales", "SubState") == "running"
+    started_ready(m, "syncd@sales")
     wait_until(lambda: crm_server.received(), "syncd@sales to associate the message")
     assert [e.original_message_id for e in crm_server.received()] == ["unit@x"]
     wait_until(lambda: "sales: last pass" in m.show("syncd@sales", "StatusText"), "a STATUS= after the pass")
-    sales_pid = m.show("syncd@sales", "MainPID")
-    assert m.run("stat", "-c", "%U", f"/proc/{sales_pid}").stdout.strip() == "syncd-sales"
+    assert user_of(m, "syncd@sales") == "syncd-sales"
     assert m.run("test", "-s", "/var/lib/private/syncd-sales/ledger.sqlite3").returncode == 0
 
-    assert m.run("systemctl", "start", "syncd@stuck").returncode == 0
-    stuck_pid = m.show("syncd@stuck", "MainPID")
-    assert m.run("stat", "-c", "%U", f"/proc/{stuck_pid}").stdout.strip() == "syncd-stuck"
+    started_ready(m, "syncd@stuck")
+    assert user_of(m, "syncd@stuck") == "syncd-stuck"
     wait_until(lambda: int(m.show("syncd@stuck", "NRestarts") or 0) >= 1, "the watchdog to restart syncd@stuck")
     journal = m.run("journalctl", "-u", "syncd@stuck", "--no-pager").stdout
     assert "Watchdog timeout" in journal and "pass_stalled" in journal
     wait_until(lambda: m.show("syncd@stuck", "SubState") == "running", "syncd@stuck to be running again")
     m.run("systemctl", "stop", "syncd@stuck")
+    stopped_cleanly(m, "syncd@sales", dep.secrets)
 
-    stop = m.run("systemctl", "stop", "syncd@sales")
-    assert stop.returncode == 0
-    assert (m.show("syncd@sales", "ActiveState"), m.show("syncd@sales", "Result"),
-            m.show("syncd@sales", "ExecMainStatus")) == ("inactive", "success", "0")
-    journal = m.run("journalctl", "-u", "syncd@sales", "--no-pager", "-o", "cat").stdout
-    assert '"event": "stopped"' in journal
-    assert not any(secret in journal for secret in dep.secrets)
+    # Every mailbox in one process: the hung one goes, so that this unit can stop cleanly too.
+    (dep.etc / "mailboxes.d" / "stuck.toml").unlink()
+    started_ready(m, "syncd.service")
+    assert user_of(m, "syncd.service") == "syncd"
+    wait_until(lambda: "sales: last pass" in m.show("syncd.service", "StatusText"), "syncd.service's first pass")
+    assert [e.original_message_id for e in crm_server.received()] == ["unit@x"], "sent twice"
+    stopped_cleanly(m, "syncd.service", dep.secrets)
     print(f"nspawn test body: {time.monotonic() - started:.1f} s")
