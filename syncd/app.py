@@ -43,8 +43,9 @@ class App:
         self.syncs = {
             m.name: MailboxSync(
                 m, ledger=self.ledger, matcher=matcher,
+                # transient faults: first retried at about the next poll, then ever more slowly
                 deliverer=Deliverer(self.crm, self.ledger, mailbox=m.name, owner=self.owners[m.name],
-                                    deals=deals if m.predict_deals else None),
+                                    deals=deals if m.predict_deals else None, retry_base=m.poll_interval / 2),
                 stopping=self.stopping, source_factory=source_factory,
             )
             for m in settings.mailboxes

@@ -45,6 +45,13 @@ def backoff(attempt: int, *, base: float = 30.0, cap: float = 3600.0) -> datetim
     return datetime.now(UTC) + timedelta(seconds=random.uniform(delay / 2, delay))
 
 
+def retry_time(exc: CrmTransientError, attempt: int, *, base: float) -> datetime:
+    """When to retry after ``exc``: when Zoho said (Retry-After), else ``backoff``."""
+    if exc.retry_after:
+        return datetime.now(UTC) + timedelta(seconds=exc.retry_after)
+    return backoff(attempt, base=base)
+
+
 def fit_attachments(email: Email) -> tuple[Email, list[Attachment]]:
     """Keep the files that fit Zoho's 10 MB, in order; return the others too, for a note in the body.
 
@@ -66,8 +73,9 @@ class Deliverer:
     """Delivers emails to records for one mailbox, keeping the ledger in step with the CRM."""
 
     def __init__(self, crm: Crm, ledger: SqliteLedger, *, mailbox: str, owner: MailboxOwner | None = None,
-                 deals: DealPredictor | None = None):
+                 deals: DealPredictor | None = None, retry_base: float = 30.0):
         self._crm = crm
+        self.retry_base = retry_base  # seconds before the first retry of a transient fault; then doubling
         self._ledger = ledger
         self._mailbox = mailbox
         self._owner = owner
@@ -105,11 +113,10 @@ class Deliverer:
         except CrmOutcomeUnknown as exc:
             # It may have landed: keep the row pending so the next attempt is a RESEND.
             self._ledger.release(key)
-            return Verdict(State.RETRY, f"outcome unknown: {exc}", backoff(attempts))
+            return Verdict(State.RETRY, f"outcome unknown: {exc}", backoff(attempts, base=self.retry_base))
         except CrmTransientError as exc:
             self._ledger.finish(key, State.RETRY, reason=str(exc))
-            wait = exc.retry_after and datetime.now(UTC) + timedelta(seconds=exc.retry_after)
-            return Verdict(State.RETRY, str(exc), wait or backoff(attempts))
+            return Verdict(State.RETRY, str(exc), retry_time(exc, attempts, base=self.retry_base))
         except CrmOrgError as exc:
             if exc.code == "NO_PERMISSION" and self._owner is not None and self._owner.configured:
                 exc = self._owner.no_permission(exc)

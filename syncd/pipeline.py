@@ -18,7 +18,7 @@ import structlog
 
 from syncd import faultpoints, metrics
 from syncd import metrics
-from syncd.associate import Deliverer, Verdict, backoff
+from syncd.associate import Deliverer, Verdict, retry_time
 from syncd.email import Email
 from syncd.errors import CrmOrgError, CrmTransientError, FolderError, LedgerError, ParseError, SourceError
 from syncd.filter import draft_reason, skip_reason
@@ -92,7 +92,8 @@ class MailboxSync:
                         report.errors.append(str(exc))
                         report.error_kind = type(exc).__name__
                     except CrmOrgError as exc:
-                        log.error("crm_paused", code=exc.code, error=str(exc))
+                        log.error("crm_paused", code=exc.code, error=str(exc),
+                                  action="CRM work paused until the fix; nothing is lost, every poll tries again")
                         report.errors.append(f"CRM: {exc}")
                         report.error_kind = type(exc).__name__
                         break
@@ -154,7 +155,9 @@ class MailboxSync:
         try:
             email, verdict = self._process(key, folder, raw)
         except CrmOrgError as exc:
-            self._record(key, email, raw, Verdict(State.RETRY, f"CRM paused: {exc}", backoff(1)), report)
+            # Due at once: the next poll probes the CRM with this message, so the backlog
+            # drains by itself as soon as the operator has fixed the cause.
+            self._record(key, email, raw, Verdict(State.RETRY, f"CRM paused: {exc}", datetime.now(UTC)), report)
             raise
         except (LedgerError, SourceError):
             raise
@@ -184,7 +187,8 @@ class MailboxSync:
         try:
             found = self._matcher.match(counterparts(email, sent=sent, own=own, policy=policy), policy)
         except CrmTransientError as exc:
-            return email, Verdict(State.RETRY, f"record lookup failed: {exc}", backoff(1))
+            return email, Verdict(State.RETRY, f"record lookup failed: {exc}",
+                                 retry_time(exc, 1, base=self._deliverer.retry_base))
         if not found.records:
             self._retro.note(key, found)
             return email, Verdict(State.UNMATCHED, found.reason)

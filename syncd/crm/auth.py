@@ -24,7 +24,8 @@ TokenFetch = Callable[[Mapping[str, str]], Mapping[str, Any]]
 _EARLY = 300.0
 """Refresh this many seconds before the token expires, so no request carries a dying token."""
 _HOLD_ORG_FAILURE = 300.0
-_HOLD_TRANSIENT_FAILURE = 30.0
+_HOLD_TRANSIENT_MAX = 60.0
+"""A 5xx or an unreachable token endpoint is tried again after 2, 4, 8 ... at most this many seconds."""
 
 # Zoho's "error" values and the setting an operator has to fix for each.
 _SETTING_FOR_ERROR = {
@@ -49,6 +50,7 @@ class TokenManager:
         self._expires_at = 0.0
         self._api_domain: str | None = None
         self._failure: tuple[CrmError, float] | None = None
+        self._transient_failures = 0
 
     def __repr__(self) -> str:
         return f"TokenManager(client_id={self._settings.client_id!r}, has_token={self._token is not None})"
@@ -73,14 +75,21 @@ class TokenManager:
             try:
                 self._refresh(now)
             except CrmError as exc:
-                hold = _HOLD_ORG_FAILURE if isinstance(exc, CrmOrgError) else _HOLD_TRANSIENT_FAILURE
-                if isinstance(exc, CrmTransientError) and exc.retry_after:
-                    hold = exc.retry_after
+                hold = _HOLD_ORG_FAILURE
+                if isinstance(exc, CrmTransientError):
+                    self._transient_failures += 1
+                    hold = exc.retry_after or min(_HOLD_TRANSIENT_MAX, 2.0**self._transient_failures)
                 self._failure = (exc, now + hold)
                 raise
             self._failure = None
+            self._transient_failures = 0
             assert self._token is not None
             return self._token
+
+    def holding_failure(self) -> bool:
+        """True while a failed refresh is remembered: asking again now would only repeat its error."""
+        with self._lock:
+            return self._failure is not None and self._clock() < self._failure[1]
 
     def invalidate(self, token: str) -> None:
         """Zoho refused ``token``: drop it, unless another thread already replaced it."""

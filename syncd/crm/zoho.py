@@ -21,6 +21,7 @@ import httpx
 from syncd import metrics
 from syncd.crm import Associated, Deal, Record, Upload
 from syncd.crm.auth import TokenManager
+from syncd.crm.throttle import RateGate
 from syncd.errors import CrmError, CrmOrgError, CrmOutcomeUnknown, CrmRejected, CrmTransientError
 from syncd.settings import CrmSettings
 
@@ -35,6 +36,17 @@ _MAX_BACKOFF = 30.0
 
 _TOKEN_EXPIRED = frozenset({"INVALID_TOKEN", "AUTHENTICATION_FAILURE"})
 _ORG_CODES = frozenset({"OAUTH_SCOPE_MISMATCH", "NO_PERMISSION", "STORAGE_SPACE_EXCEEDS", "LICENSE_LIMIT_EXCEEDED"})
+# What the operator has to change before CRM work can resume (syncd retries by itself afterwards).
+_ORG_FIXES = {
+    "OAUTH_SCOPE_MISMATCH": "the refresh token lacks a scope syncd needs: generate a new one with "
+    "ZohoCRM.modules.emails.ALL,ZohoCRM.modules.ALL,ZohoCRM.users.READ,ZohoFiles.files.ALL "
+    "(as config/syncd.toml lists) and set crm.refresh_token",
+    "NO_PERMISSION": "the Zoho user of the refresh token lacks a permission (Setup > Users and Control > "
+    "Profiles: module access and the Emails permissions), or use a refresh token of a user who has it",
+    "STORAGE_SPACE_EXCEEDS": "the org's file storage is full: free space or buy storage "
+    "(Setup > Data Administration > Storage)",
+    "LICENSE_LIMIT_EXCEEDED": "the org's edition does not allow this: upgrade the Zoho CRM edition",
+}
 _NAME_FIELDS = ("Full_Name", "Last_Name", "Account_Name", "Deal_Name")
 T = TypeVar("T")
 
@@ -65,6 +77,7 @@ class ZohoCrm:
         self._calls_lock = threading.Lock()
         self._tokens = TokenManager(settings, self._fetch_token)
         self._email_fields: dict[str, tuple[list[str], str | None]] = {}
+        self._gate = RateGate(sleep=sleep)
 
     def __repr__(self) -> str:
         return f"ZohoCrm(client_id={self._settings.client_id!r}, api_domain={self._tokens.api_domain!r})"
@@ -257,9 +270,11 @@ class ZohoCrm:
                 return _json(self._call(name, method, path, **kwargs))
             except CrmTransientError as exc:
                 attempt += 1
-                if attempt >= READ_ATTEMPTS:
+                if attempt >= READ_ATTEMPTS or self._tokens.holding_failure():
                     raise
-                delay = min(_MAX_BACKOFF, exc.retry_after or 0.5 * 2**attempt)
+                if exc.status == 429:
+                    continue  # the rate gate already holds every request back
+                delay = min(_MAX_BACKOFF, 0.5 * 2**attempt)
                 self._sleep(delay + random.uniform(0, delay / 2))
 
     def _call(self, name: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -302,10 +317,11 @@ class ZohoCrm:
 
     def _send(self, name: str, method: str, url: str, **kwargs: Any) -> httpx.Response:
         """The only place httpx is called: its exceptions become syncd errors here."""
+        self._gate.wait()
         with self._calls_lock:
             self._calls[name] += 1
         try:
-            return self._timed(name, method, url, **kwargs)
+            response = self._timed(name, method, url, **kwargs)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             if "CERTIFICATE_VERIFY_FAILED" in str(exc):
                 raise CrmOrgError(
@@ -319,6 +335,11 @@ class ZohoCrm:
         except httpx.HTTPError as exc:
             # The request (or part of it) left: Zoho may have applied it.
             raise CrmOutcomeUnknown(f"no answer from Zoho ({name}): {type(exc).__name__}: {exc}") from None
+        if response.status_code == 429:
+            self._gate.limited(_retry_after(response.headers.get("Retry-After")))
+        else:
+            self._gate.passed()
+        return response
 
     def _timed(self, name: str, method: str, url: str, **kwargs: Any) -> httpx.Response:
         """One request, reported to the metrics: latency, HTTP status, API credits left."""
@@ -402,7 +423,8 @@ def _classify(response: httpx.Response, code: str, message: str) -> CrmError:
 def _classify_code(status: int, code: str, message: str) -> CrmError:
     text = f"Zoho answered HTTP {status} {code}: {message}"
     if status in (401, 403) or code in _ORG_CODES:
-        return CrmOrgError(text, code=code, status=status)
+        fix = _ORG_FIXES.get(code, "check crm.client_id, crm.client_secret, crm.refresh_token and the user's access")
+        return CrmOrgError(f"{text} (fix: {fix})", code=code, status=status)
     return CrmRejected(text, code=code, status=status)
 
 

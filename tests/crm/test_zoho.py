@@ -127,7 +127,7 @@ def test_reads_retry_transient_faults_with_backoff(crm: ZohoCrm, crm_server: San
     crm_server.inject(r"/search$", status=500)
     crm_server.inject(r"/search$", status=429, headers={"Retry-After": "7"})
     assert crm.search_by_email("Leads", "lena@prospect.example")
-    assert crm.calls["search"] == 3 and len(sleeps) == 2 and 7 <= sleeps[1] <= 10.5
+    assert crm.calls["search"] == 3 and len(sleeps) == 2 and 6.5 <= sleeps[1] <= 7  # the rate gate waits it out
 
 
 def test_reads_give_up_after_a_few_attempts(crm: ZohoCrm, crm_server: SandboxServer) -> None:

@@ -1,0 +1,127 @@
+"""Helpers for fault tests that drive `syncd run` as a real subprocess and read its ledger from outside."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from syncd.ledger import FINAL
+from syncd.sandbox import SandboxServer
+from tests.fixtures.dovecot import Dovecot, ImapUser
+
+DEADLINE = 60.0
+
+
+def new_user(dovecot: Dovecot) -> ImapUser:
+    """Another fresh mailbox on the session's Dovecot (tests with several mailboxes)."""
+    user = ImapUser(dovecot, f"u{secrets.token_hex(4)}", secrets.token_urlsafe(12))
+    dovecot.add_user(user.username, user.password)
+    return user
+
+
+def write_config(path: Path, crm: SandboxServer, users: dict[str, ImapUser], *, timeout: float = 5,
+                 extra: str = "") -> Path:
+    """A syncd.toml with one mailbox per user (named by the keys), polling every second; ``extra`` joins each mailbox."""
+    client_id, client_secret, refresh_token = crm.credentials()
+    def table(name: str, u: ImapUser) -> str:
+        keys = {"name": name, "host": u.host, "port": u.port, "security": "none", "username": u.username,
+                "password": u.password, "addresses": ["me@ourco.example"], "poll_interval": 1, "timeout": 5}
+        return "\n[[mailbox]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in keys.items()) + extra
+
+    mailboxes = "".join(table(name, u) for name, u in users.items())
+    path.write_text(f"""
+[crm]
+client_id = "{client_id}"
+client_secret = "{client_secret}"
+refresh_token = "{refresh_token}"
+api_domain = "{crm.url}"
+accounts_url = "{crm.url}"
+timeout = {timeout}
+
+[ledger]
+path = "{path.parent / 'ledger.sqlite3'}"
+{mailboxes}""")
+    return path
+
+
+def wait_for(condition: Callable[[], bool], what: str, *, proc: subprocess.Popen | None = None,
+             deadline: float = DEADLINE) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` (and the daemon's log) when the deadline passes."""
+    end = time.monotonic() + deadline
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"syncd exited {proc.returncode} while waiting for {what}")
+        if time.monotonic() > end:
+            raise AssertionError(f"not reached within {deadline}s: {what}")
+        time.sleep(0.05)
+
+
+class Daemon:
+    """A running `syncd run`; its JSON log lines are in ``events`` once it has stopped."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "syncd", "--log-format", "json", "run", "-c", str(config)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+        )
+        self.events: list[dict] = []
+        self.stderr = ""
+
+    def stop(self) -> int:
+        """SIGTERM, wait, collect the log; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=60)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            _, self.stderr = self.proc.communicate()
+        self.events = [json.loads(line) for line in self.stderr.splitlines() if line.startswith("{")]
+        return code
+
+
+@contextlib.contextmanager
+def daemon(config: Path, env: dict[str, str] | None = None) -> Iterator[Daemon]:
+    """`syncd run` for the block; it must then stop on SIGTERM with exit 0."""
+    d = Daemon(config, env)
+    try:
+        yield d
+    finally:
+        code = d.stop()
+    assert code == 0, d.stderr[-3000:]
+
+
+def ledger_states(config: Path) -> Counter:
+    """Messages per state, read from outside the daemon (WAL lets a reader in while it writes)."""
+    path = config.parent / "ledger.sqlite3"
+    if not path.exists():
+        return Counter()
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        return Counter(dict(db.execute("SELECT state, count(*) FROM messages GROUP BY state").fetchall()))
+    except sqlite3.OperationalError:  # the daemon has not created its tables yet
+        return Counter()
+    finally:
+        db.close()
+
+
+def all_final(config: Path, expected: int) -> bool:
+    """Every one of ``expected`` messages is in the ledger in a final state."""
+    states = ledger_states(config)
+    return sum(states.values()) >= expected and all(s in FINAL for s in states)
+
+
+def copies(server: SandboxServer) -> Counter:
+    """How many times each (Message-ID, module, record) reached the CRM: every value must be 1."""
+    return Counter((e.original_message_id, e.module, e.record_id) for e in server.received())
