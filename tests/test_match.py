@@ -204,3 +204,40 @@ def test_custom_modules_are_matched_and_modules_without_email_fields_are_harmles
     assert s.received() == {"cm@x": [("Vendors_X", vendor)]}
     assert "orders@supplier.example → Vendors_X/" in s.row("cm@x").reason and "(Acme Supplies)" in s.row("cm@x").reason
     assert s.app.crm.calls.get("search", 0) == 0 and crm_server.violations == []
+
+
+@pytest.mark.parametrize("folder", ["INBOX", "Sent"])
+def test_sample_mail_reaches_exactly_the_records_the_stdlib_parser_names(tmp_path: Path, imap_user: ImapUser,
+                                                                         crm_server: SandboxServer, folder: str):
+    """Every sample message, received or sent through Dovecot, reaches the records of the counterparts Python's own parser finds."""
+    samples = sorted(DATA.glob("*.eml"))
+    names = ("To", "Cc", "Bcc") if folder == "Sent" else ("From", "Reply-To")
+    expected: dict[str, set[str]] = {}
+    for path in samples:
+        parsed = message_from_bytes(path.read_bytes(), policy=email_policy.default)
+        found = [a.addr_spec.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                 for n in names for h in parsed.get_all(n) or [] for a in h.addresses]
+        expected[path.name] = {k for k in map(address_key, found) if k}
+    everyone = sorted(set().union(*expected.values()))
+    crm_server.seed("Contacts", [{"Last_Name": f"P{i}", "Email": k} for i, k in enumerate(everyone)])
+    ids: dict[str, set[str]] = {}  # the fixture's own records count too (Bob, Lena are in samples)
+    for record in (crm_server.org.rows("Contacts") or []) + (crm_server.org.rows("Leads") or []):
+        for field in ("Email", "Secondary_Email"):
+            if record.get(field):
+                ids.setdefault(address_key(record[field]) or "", set()).add(record["id"])
+    uids = dict(zip(imap_user.append_many(folder, [p.read_bytes() for p in samples]), (p.name for p in samples)))
+    s = syncer(tmp_path, imap_user, crm_server, folders=("INBOX",), addresses=("nobody-of-ours@ourco.example",),
+               skip_auto_replies=False, skip_bounces=False, skip_lists=False)
+    try:
+        s.run()
+        rows = {r.key.uid: r for r in s.app.ledger.messages() if r.key.folder == folder}
+        got: dict[str, set[str]] = {}
+        for e in crm_server.received():
+            got.setdefault(e.original_message_id, set()).add(e.record_id)
+    finally:
+        s.close()
+    for uid, name in uids.items():
+        row = rows[uid]
+        want = set().union(*(ids[k] for k in expected[name]))
+        assert got.get(row.message_id, set()) == want, (name, row.state, row.reason)
+        assert row.state == (State.DONE if want else State.UNMATCHED), (name, row.reason)
