@@ -70,7 +70,7 @@ def _signalled(root: Path, crm: SandboxServer, busy: bool, image: str | None, en
     err = root / "stderr.log"
     if image:
         name = f"syncd-bench-{os.getpid()}"
-        subprocess.run(["podman", "rm", "--force", name], env=env, capture_output=True)
+        subprocess.run(["podman", "rm", "--force", "--volumes", name], env=env, capture_output=True)
         subprocess.run(["podman", "run", "--detach", "--name", name, "--network=host", "--read-only",
                         f"--volume={root}:{root}", image, "run", "-c", str(root / "syncd.toml")],
                        env=env, check=True, capture_output=True)
@@ -96,7 +96,7 @@ def _signalled(root: Path, crm: SandboxServer, busy: bool, image: str | None, en
         return time.perf_counter() - started
     finally:
         if image:
-            subprocess.run(["podman", "rm", "--force", name], env=env, capture_output=True)
+            subprocess.run(["podman", "rm", "--force", "--volumes", name], env=env, capture_output=True)
 
 
 def main() -> None:

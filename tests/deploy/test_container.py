@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import secrets
+import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -19,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from syncd.sandbox import SandboxServer
-from tests.deploy.conftest import deployment, imap_of, slow, wait_until
-from tests.deploy.images import podman_base, podman_env
+from tests.deploy.conftest import Deployment, deployment, imap_of, slow, wait_until
+from tests.deploy.images import need, podman_base, podman_env
 from tests.fixtures.dovecot import ImapUser
 from tests.test_pipeline import OWN, mail
 
@@ -76,6 +78,43 @@ def healthy(env: dict[str, str], container: str) -> bool:
     return subprocess.run(["podman", "healthcheck", "run", container], env=env, capture_output=True).returncode == 0
 
 
+def container_deployment(tmp: Path, crm_server: SandboxServer, imap_user: ImapUser, message_id: str) -> Deployment:
+    """A message waiting in INBOX, and config and secrets as the image wants them (metrics on, readable by uid 10001)."""
+    imap_user.append("INBOX", bytes(mail("bob@example.com", OWN, "Containerised", message_id=f"<{message_id}>")))
+    dep = deployment(tmp, crm_server, {"sales": imap_of(imap_user)})
+    with dep.config.open("a") as fh:
+        fh.write('\n[metrics]\nlisten = "127.0.0.1:9310"\n')
+    for path in [dep.etc, dep.credstore, *dep.etc.rglob("*"), *dep.credstore.iterdir()]:
+        path.chmod(0o755 if path.is_dir() else 0o444)
+    return dep
+
+
+def synced_healthy_stopped(env: dict[str, str], container: str, crm_server: SandboxServer, dep: Deployment) -> float:
+    """The container syncs as uid 10001, passes its HEALTHCHECK, and exits 0 by itself within 1 s of SIGTERM.
+
+    `podman stop --time=1` sends SIGKILL after that second, so exit code 0 means syncd stopped in time.
+    Returns how long `podman stop` took (podman's own overhead included).
+    """
+    wait_until(lambda: crm_server.received(), "the message to be associated from the container", timeout=60)
+    assert podman(env, "exec", container, "id", "-u") == "10001"
+    wait_until(lambda: healthy(env, container), "the HEALTHCHECK (/healthz) to pass")
+    started = time.monotonic()
+    podman(env, "stop", "--time=1", container)
+    took = time.monotonic() - started
+    events = logs(env, container)
+    assert json.loads(podman(env, "inspect", container))[0]["State"]["ExitCode"] == 0, events[-5:]
+    assert events[-1]["event"] == "stopped"
+    assert not any(secret in json.dumps(events) for secret in dep.secrets)
+    return took
+
+
+def remove(env: dict[str, str], volume: str) -> None:
+    """Every container that used ``volume``, then the volume."""
+    for container in podman(env, "ps", "--all", "--quiet", f"--filter=volume={volume}", check=False).split():
+        podman(env, "rm", "--force", container, check=False)
+    podman(env, "volume", "rm", "--force", volume, check=False)
+
+
 @slow
 @pytest.mark.timeout(900)
 def test_image_syncs_as_non_root_on_a_read_only_root_and_stops_on_sigterm(
@@ -85,12 +124,7 @@ def test_image_syncs_as_non_root_on_a_read_only_root_and_stops_on_sigterm(
     base_size = json.loads(podman(env, "image", "inspect", podman_base(env)))[0]["Size"]
     size = json.loads(podman(env, "image", "inspect", tag))[0]["Size"]
     print(f"image size: {size / 1e6:.0f} MB ({(size - base_size) / 1e6:.0f} MB on top of the base)")
-    imap_user.append("INBOX", bytes(mail("bob@example.com", OWN, "Containerised", message_id="<box@x>")))
-    dep = deployment(tmp_path, crm_server, {"sales": imap_of(imap_user)})
-    with dep.config.open("a") as fh:
-        fh.write('\n[metrics]\nlisten = "127.0.0.1:9310"\n')
-    for path in [dep.etc, dep.credstore, *dep.etc.rglob("*"), *dep.credstore.iterdir()]:
-        path.chmod(0o755 if path.is_dir() else 0o444)  # the image's uid 10001 must read them
+    dep = container_deployment(tmp_path, crm_server, imap_user, "box@x")
     volume = f"syncd-test-ledger-{secrets.token_hex(4)}"
 
     def run() -> str:
@@ -98,30 +132,49 @@ def test_image_syncs_as_non_root_on_a_read_only_root_and_stops_on_sigterm(
                       "--security-opt=no-new-privileges", f"--volume={dep.etc}:/etc/syncd:ro",
                       f"--volume={dep.credstore}:/run/secrets:ro", f"--volume={volume}:/var/lib/syncd", tag)
 
-    def stop(container: str) -> float:
-        """SIGTERM, then SIGKILL after 1 s: an exit code of 0 means syncd stopped by itself within that second."""
-        started = time.monotonic()
-        podman(env, "stop", "--time=1", container)
-        return time.monotonic() - started
-
-    first = run()
     try:
-        wait_until(lambda: crm_server.received(), "the message to be associated from the container", timeout=60)
-        assert podman(env, "exec", first, "id", "-u") == "10001"
-        wait_until(lambda: healthy(env, first), "the HEALTHCHECK (/healthz) to pass")
-        took = stop(first)
-        state = json.loads(podman(env, "inspect", first))[0]["State"]
+        took = synced_healthy_stopped(env, run(), crm_server, dep)
         print(f"stop on SIGTERM: {took:.2f} s (podman stop, including podman's own overhead)")
-        events = logs(env, first)
-        assert state["ExitCode"] == 0, events[-5:]
-        assert events[-1]["event"] == "stopped"
-        assert not any(secret in json.dumps(events) for secret in dep.secrets)
-
         second = run()  # the same ledger volume: nothing is sent twice
         wait_until(lambda: any(e["event"] == "pass_done" for e in logs(env, second)), "a pass in the second container")
-        stop(second)
+        podman(env, "stop", "--time=1", second)
         assert [e.original_message_id for e in crm_server.received()] == ["box@x"]
     finally:
-        for container in podman(env, "ps", "--all", "--quiet", f"--filter=volume={volume}", check=False).split():
-            podman(env, "rm", "--force", container, check=False)
-        podman(env, "volume", "rm", "--force", volume, check=False)
+        remove(env, volume)
+
+
+def without_bridge(args: list[str]) -> list[str]:
+    """podman-compose 1.0.3 always adds its bridge network, even beside network_mode: host; drop it."""
+    out = []
+    for arg in args:
+        if out and out[-1] in ("--net", "--network-alias"):
+            out.pop()
+        else:
+            out.append(arg)
+    return out
+
+
+@slow
+@pytest.mark.timeout(900)
+def test_compose_example_runs(image, tmp_path: Path, imap_user: ImapUser, crm_server: SandboxServer):
+    """compose.yaml as shipped (read-only, uid 10001, config, secrets, ledger volume) syncs and stops; only the network is the host's."""
+    need("podman-compose")
+    tag, env = image
+    dep = container_deployment(tmp_path / "dep", crm_server, imap_user, "compose@x")
+    project = tmp_path / "project"
+    shutil.copytree(dep.etc, project / "config")
+    shutil.copytree(dep.credstore, project / "secrets")
+    shutil.copy(HERE / "compose.yaml", project)
+    (project / "override.yaml").write_text(f"services:\n  syncd:\n    image: {tag}\n    network_mode: host\n")
+    name = f"syncdtest{secrets.token_hex(4)}"
+    dry = subprocess.run(["podman-compose", "--dry-run", "--project-name", name, "-f", "compose.yaml", "-f", "override.yaml",
+                          "up", "--detach"], cwd=project, env=env, capture_output=True, text=True, check=True)
+    run = next(line for line in dry.stdout.splitlines() if line.startswith("podman run "))
+    volume = f"{name}_ledger"  # created by podman-compose, even in --dry-run
+    try:
+        container = subprocess.run(without_bridge(shlex.split(run)), cwd=project, env=env, capture_output=True,
+                                   text=True, check=True).stdout.strip()
+        synced_healthy_stopped(env, container, crm_server, dep)
+    finally:
+        remove(env, volume)
+        podman(env, "network", "rm", "--force", f"{name}_default", check=False)
