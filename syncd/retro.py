@@ -9,7 +9,7 @@ whose addresses now have a record are processed again like new ones.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -27,12 +27,10 @@ log = structlog.get_logger("syncd.retro")
 class Retro:
     """The retroactive part of one mailbox's passes."""
 
-    def __init__(self, ledger: SqliteLedger, matcher: Matcher, mailbox: MailboxSettings,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
+    def __init__(self, ledger: SqliteLedger, matcher: Matcher, mailbox: MailboxSettings):
         self._ledger = ledger
         self._matcher = matcher
         self._mailbox = mailbox
-        self._clock = clock
 
     def note(self, key: MessageKey, found: Match) -> None:
         """``key`` is unmatched: remember the addresses that had no record (an ambiguous one is not waited for)."""
@@ -46,7 +44,7 @@ class Retro:
         policy = self._mailbox.match
         if policy.unmatched_window_days <= 0:
             return set()
-        now = self._clock()
+        now = datetime.now(UTC)
         name = self._mailbox.name
         waiting = self._ledger.unmatched_due(name, folder, uidvalidity,
                                              since=now - timedelta(days=policy.unmatched_window_days),
