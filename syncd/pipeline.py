@@ -24,16 +24,20 @@ from syncd.errors import CrmOrgError, CrmTransientError, FolderError, LedgerErro
 from syncd.filter import draft_reason, skip_reason
 from syncd.ledger import FINAL, Checkpoint, MessageKey, State, placeholder_id
 from syncd.ledger.sqlite import SqliteLedger
+from syncd.ledger.verify import known_messages
 from syncd.match import Matcher, counterparts, is_sent
 from syncd.retro import Retro
 from syncd.parse import parse_message
 from syncd.settings import MailboxSettings
-from syncd.source import Folder, MailSource, RawMessage, open_source
+from syncd.source import Folder, MailSource, RawMessage, Selected, open_source
 
 log = structlog.get_logger("syncd.pipeline")
 
 _WORST_FIRST = (State.RETRY, State.QUARANTINED, State.DONE, State.DUPLICATE)
 """How a message's verdict follows from its deliveries': any retry holds the message back."""
+
+VANISHED_SHARE = 0.1
+"""After a UIDVALIDITY change, warn when at least this share of the messages the ledger knew is gone."""
 
 MAX_TRANSIENT_IN_A_ROW = 3
 """After this many transient CRM failures in a row, end the pass instead of hammering a sick CRM."""
@@ -108,8 +112,7 @@ class MailboxSync:
         if checkpoint and checkpoint.uidvalidity == uidvalidity:
             last = checkpoint.last_uid
         elif checkpoint:
-            log.warning("uidvalidity_changed", folder=name, old=checkpoint.uidvalidity, new=uidvalidity,
-                        action="rescanning; the ledger prevents re-sends")
+            self._uidvalidity_changed(name, checkpoint.uidvalidity, selected)
         new = source.uids_after(last)
         if since is not None:
             self._leave_out(source, name, uidvalidity, new, since)
@@ -139,6 +142,18 @@ class MailboxSync:
             verdicts.update((u, State.SKIPPED) for u in todo if u not in verdicts)
         self._retro.settle(name, uidvalidity, {u: verdicts[u] for u in waiting if u in verdicts})
         self._advance(name, uidvalidity, last, new, verdicts)
+
+    def _uidvalidity_changed(self, folder: str, old: int, selected: Selected) -> None:
+        """The folder's UIDs mean something else now: rescan it (the ledger's Message-IDs keep it from re-sending),
+        and say so loudly when fewer messages are there than the ledger knew (a folder emptied or replaced)."""
+        known = known_messages(self._ledger, self.mailbox.name, folder, old)
+        log.warning("uidvalidity_changed", folder=folder, old=old, new=selected.uidvalidity, known=known,
+                    present=selected.exists, action="rescanning; the ledger prevents re-sends")
+        gone = known - selected.exists
+        if gone > 0 and gone >= known * VANISHED_SHARE:
+            log.warning("known_messages_vanished", folder=folder, missing=gone, known=known,
+                        hint=f"check the folder on the server; `syncd ledger list --mailbox {self.mailbox.name}` "
+                             "shows what was synced before")
 
     def _leave_out(self, source: MailSource, folder: str, uidvalidity: int, new: list[int], since: date) -> None:
         """Backfill: record the new messages received before ``since`` as skipped, unfetched, so the checkpoint
@@ -171,7 +186,7 @@ class MailboxSync:
         """The ordered steps for one message; the first that decides ends it."""
         draft = draft_reason(raw.flags, drafts_folder=folder.drafts)
         if raw.data is None:
-            return None, Verdict(State.SKIPPED, f"too large: {raw.size} bytes > max_message_size {self.mailbox.max_message_size}")
+            return self._too_large(raw)
         try:
             email = parse_message(raw.data, internaldate=raw.internaldate)
         except ParseError as exc:
@@ -197,6 +212,16 @@ class MailboxSync:
         if verdict.state == State.DONE:
             return email, replace(verdict, reason=found.reason)
         return email, replace(verdict, reason=f"{verdict.reason} ({found.reason})")
+
+    def _too_large(self, raw: RawMessage) -> tuple[Email | None, Verdict]:
+        """Not fetched, not lost: quarantined under its own Message-ID (from the header alone) until the cap is raised."""
+        try:
+            email = parse_message(raw.header, internaldate=raw.internaldate) if raw.header else None
+        except ParseError:
+            email = None
+        reason = (f"too large: {raw.size} bytes > max_message_size {self.mailbox.max_message_size}, not fetched; "
+                  "raise max_message_size, then `syncd ledger retry` it")
+        return email, Verdict(State.QUARANTINED, reason)
 
     def _record(self, key: MessageKey, email: Email | None, raw: RawMessage, verdict: Verdict, report: PassReport) -> None:
         message_id = email.message_id if email else placeholder_id(key)

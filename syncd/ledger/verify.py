@@ -72,6 +72,12 @@ def _verify_folder(source: MailSource, mailbox: str, folder: str, ledger: Sqlite
     return check
 
 
+def known_messages(ledger: SqliteLedger, mailbox: str, folder: str, uidvalidity: int) -> int:
+    """Distinct Message-IDs the ledger saw in ``folder`` under ``uidvalidity`` (after a reset: what should still be there)."""
+    rows = ledger.messages(mailbox=mailbox)
+    return len({r.message_id for r in rows if r.key.folder == folder and r.key.uidvalidity == uidvalidity})
+
+
 def uid_ranges(uids: Sequence[int]) -> str:
     """``[1, 2, 3, 7]`` as ``"1:3,7"`` (IMAP's own notation for UID sets)."""
     return ",".join(f"{a}:{b}" if a != b else str(a) for a, b in _runs(sorted(uids)))

@@ -45,6 +45,8 @@ class RawMessage:
     data: bytes | None
     flags: tuple[bytes, ...] = ()
     """IMAP flags as the server gave them (``b"\\Draft"``, ...); sources that have none give ()."""
+    header: bytes | None = None
+    """Over the size cap: the header block alone (when the source can give it), so the ledger names the message."""
 
 
 class MailSource(Protocol):

@@ -119,12 +119,15 @@ class ImapSource:
         present = {uid: m for uid, m in meta.items() if uid in asked and b"RFC822.SIZE" in m}
         wanted = {uid for uid, m in present.items() if max_size is None or m[b"RFC822.SIZE"] <= max_size}
         bodies = self._call("FETCH", lambda c: c.fetch(sorted(wanted), ["BODY.PEEK[]"])) if wanted else {}
+        too_large = sorted(set(present) - wanted)
+        # Only the header of a message over the cap: its Message-ID and subject for the ledger, not its bulk.
+        headers = self._call("FETCH", lambda c: c.fetch(too_large, ["BODY.PEEK[HEADER]"])) if too_large else {}
         for uid in sorted(present):
             size: int = present[uid][b"RFC822.SIZE"]
             date: datetime | None = present[uid].get(b"INTERNALDATE")
             flags = tuple(present[uid].get(b"FLAGS", ()))
             if uid not in wanted:
-                yield RawMessage(uid, size, date, None, flags)
+                yield RawMessage(uid, size, date, None, flags, header=headers.get(uid, {}).get(b"BODY[HEADER]"))
             elif b"BODY[]" in bodies.get(uid, {}):
                 yield RawMessage(uid, size, date, bodies[uid][b"BODY[]"], flags)
 
