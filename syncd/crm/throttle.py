@@ -1,8 +1,10 @@
 """Slowing down on Zoho's 429: one gate shared by every thread of a client.
 
 A rate limit is the org's, not one request's, so after a 429 every caller waits before
-its next request: as long as Retry-After says when Zoho sends one (it usually does not),
-else 1, 2, 4 ... up to 30 seconds (jittered) for each 429 in a row.
+its next request: as long as Retry-After says when Zoho sends one (it usually does not; at
+most MAX_RETRY_AFTER, so a shutdown never waits longer), else 1, 2, 4 ... up to 30 seconds
+(jittered) for each 429 in a row. The refused message itself waits the whole Retry-After
+(its retry time in the ledger).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import structlog
 log = structlog.get_logger("syncd.crm")
 
 MAX_PAUSE = 30.0
+MAX_RETRY_AFTER = 60.0
 
 
 class RateGate:
@@ -40,7 +43,7 @@ class RateGate:
         with self._lock:
             self._strikes += 1
             if retry_after is not None:
-                pause = retry_after
+                pause = min(retry_after, MAX_RETRY_AFTER)
             else:
                 ceiling = min(MAX_PAUSE, 2.0 ** (self._strikes - 1))
                 pause = random.uniform(ceiling / 2, ceiling)
