@@ -77,15 +77,22 @@ class RecordLookup:
                 self._cache[(module, key, strip_plus)] = (now, ordered)
 
     def _query(self, module: str, values: list[str], batch: bool) -> Iterable[Record]:
-        if batch and module not in self._no_coql:
-            try:
-                return self._crm.find_by_emails(module, values)
-            except (CrmOrgError, CrmRejected) as exc:
-                if isinstance(exc, CrmOrgError) and exc.code not in _COQL_REFUSALS:
-                    raise
-                log.warning("coql_refused", module=module, code=exc.code, error=str(exc),
-                            action="searching one address at a time for this module")
-                with self._lock:
-                    self._no_coql.add(module)
-        return [r for value in values for r in self._crm.search_by_email(module, value)]
+        try:
+            if batch and module not in self._no_coql:
+                try:
+                    return self._crm.find_by_emails(module, values)
+                except (CrmOrgError, CrmRejected) as exc:
+                    if exc.code == "INVALID_MODULE" or (isinstance(exc, CrmOrgError) and exc.code not in _COQL_REFUSALS):
+                        raise
+                    log.warning("coql_refused", module=module, code=exc.code, error=str(exc),
+                                action="searching one address at a time for this module")
+                    with self._lock:
+                        self._no_coql.add(module)
+            return [r for value in values for r in self._crm.search_by_email(module, value)]
+        except CrmRejected as exc:
+            if exc.code != "INVALID_MODULE":
+                raise
+            # a configuration mistake, not this message's: pause the mailbox, keep its mail
+            raise CrmOrgError(f"Zoho has no module {module!r}: check match.modules / crm.modules ({exc})",
+                              code="INVALID_MODULE") from None
 

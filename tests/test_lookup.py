@@ -9,7 +9,7 @@ import pytest
 
 from syncd.crm.zoho import READ_ATTEMPTS, ZohoCrm
 from syncd.email import Address
-from syncd.errors import CrmTransientError
+from syncd.errors import CrmOrgError, CrmTransientError
 from syncd.lookup import RecordLookup
 from syncd.sandbox import SandboxServer
 from syncd.settings import CrmSettings, MatchSettings
@@ -88,3 +88,10 @@ def test_strip_plus_tags_keys_share_one_record(crm: ZohoCrm):
     policy = replace(MatchSettings(), strip_plus_tags=True)
     found = RecordLookup(crm).records([Address("", "p0+news@customers.example")], policy)
     assert [r.email for r in found["p0@customers.example"]] == ["p0@customers.example"]
+
+
+def test_unknown_module_is_a_clear_configuration_error(crm: ZohoCrm):
+    """A misspelt module pauses lookups with CrmOrgError naming it and the setting, batched or not."""
+    for batch in (True, False):
+        with pytest.raises(CrmOrgError, match=r"Zoho has no module 'Contact': check match.modules"):
+            RecordLookup(crm).records(PEOPLE[:1], MatchSettings(modules=("Contact",), batch_lookups=batch))

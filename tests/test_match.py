@@ -241,3 +241,16 @@ def test_sample_mail_reaches_exactly_the_records_the_stdlib_parser_names(tmp_pat
         want = set().union(*(ids[k] for k in expected[name]))
         assert got.get(row.message_id, set()) == want, (name, row.state, row.reason)
         assert row.state == (State.DONE if want else State.UNMATCHED), (name, row.reason)
+
+
+def test_misspelt_module_pauses_the_mailbox_and_loses_nothing(sync, imap_user: ImapUser, crm_server: SandboxServer,
+                                                            people):
+    """modules = ["Contact"] stops the pass with an error naming it and sends nothing; fixed, the mail is delivered."""
+    imap_user.append("INBOX", mail("bob@example.com", OWN, message_id="<typo@x>"))
+    bad = sync(modules=("Contact",))
+    (report,) = bad.app.once()
+    assert any("Zoho has no module 'Contact'" in e for e in report.errors)
+    assert crm_server.received() == [] and not report.complete
+    good = sync()
+    good.run()
+    assert good.received() == {"typo@x": [("Contacts", people["bob"])]}

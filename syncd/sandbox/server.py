@@ -282,6 +282,7 @@ class SandboxServer:
 
     def _fields(self, request: Request) -> Response:
         module = request.arg("module")
+        self._require_module(module)
         fields: list[dict[str, Any]] = [
             {"api_name": name, "data_type": kind, "id": str(4876876000000003000 + i)}
             for i, (name, kind) in enumerate(sorted(self.org.fields(module).items()))
@@ -331,8 +332,13 @@ class SandboxServer:
     def _search(self, request: Request, module: str) -> Response:
         if not request.arg("email"):
             raise ZohoError(400, "REQUIRED_PARAM_MISSING", "One of the expected parameter is missing", {"param": "email"})
+        self._require_module(module)
         found = self.org.search_email(module, request.arg("email"))
         return _listing(found, "data", int(request.arg("page", "1")), int(request.arg("per_page", "200")))
+
+    def _require_module(self, module: str) -> None:
+        if module not in self.org.module_ids:
+            raise ZohoError(400, "INVALID_MODULE", "the module name given seems to be invalid", {"module": module})
 
     def _coql(self, request: Request) -> Response:
         rows, more = coql.run(request.json()["select_query"], self.org.rows, lambda m: set(self.org.fields(m)))
