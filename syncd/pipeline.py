@@ -170,6 +170,8 @@ class MailboxSync:
         try:
             email, verdict = self._process(key, folder, raw)
         except CrmOrgError as exc:
+            # It got as far as the CRM, so it parses: keep its Message-ID for `ledger show` and `ledger retry`.
+            email = email or _parsed(raw)
             # Due at once: the next poll probes the CRM with this message, so the backlog
             # drains by itself as soon as the operator has fixed the cause.
             self._record(key, email, raw, Verdict(State.RETRY, f"CRM paused: {exc}", datetime.now(UTC)), report)
@@ -245,6 +247,13 @@ class MailboxSync:
                 break
             top = uid
         self._ledger.set_checkpoint(self.mailbox.name, folder, Checkpoint(uidvalidity, top))
+
+
+def _parsed(raw: RawMessage) -> Email | None:
+    try:
+        return parse_message(raw.data, internaldate=raw.internaldate) if raw.data is not None else None
+    except ParseError:
+        return None
 
 
 def _settled(row, now: datetime) -> bool:

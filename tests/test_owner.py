@@ -60,10 +60,10 @@ def test_no_permission_is_explained_and_nothing_is_lost(config_file: Path, imap_
     assert refused.returncode == 1 and crm_server.received() == []
     assert "only an administrator may associate another user's mail" in refused.stdout
     assert "remove owner_id/owner_email from mailbox sales" in refused.stdout
-    assert "retry" in syncd("ledger", "list", "-c", str(config_file)).stdout
+    assert "retry" in (shown := syncd("ledger", "show", "np@x", "-c", str(config_file)).stdout) and "NO_PERMISSION" in shown
 
     config_file.write_text(text)
-    assert syncd("ledger", "retry", "-c", str(config_file)).returncode == 0  # due now, not after the backoff
+    assert syncd("ledger", "retry", "np@x", "-c", str(config_file)).returncode == 0  # due now, not after the backoff
     again = syncd("once", "-c", str(config_file))
     assert again.returncode == 0, again.stdout + again.stderr
     assert [e.original_message_id for e in crm_server.received()] == ["np@x"]
