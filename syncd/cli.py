@@ -34,7 +34,8 @@ config_option = click.option(
 
 
 @contextlib.contextmanager
-def _settings(config_file: str | None, *, crm: bool = True, only: Collection[str] = ()) -> Iterator[Settings]:
+def _settings(config_file: str | None, *, crm: bool = True, only: Collection[str] = (),
+              secrets: bool = True) -> Iterator[Settings]:
     """Load the configuration, or use the demo's when none exists at the default places.
 
     The demo's sandbox CRM is started only for commands that talk to a CRM (``crm``);
@@ -56,7 +57,7 @@ def _settings(config_file: str | None, *, crm: bool = True, only: Collection[str
             server.stop()
         return
     try:
-        settings = config.load(path, only=only)
+        settings = config.load(path, only=only, secrets=secrets)
     except ConfigError as exc:
         click.echo(f"syncd: configuration problems ({len(exc.problems)}):", err=True)
         for problem in exc.problems:
@@ -182,7 +183,7 @@ def status(config_file: str | None, as_json: bool) -> None:
 
     from syncd.status import collect, print_table
 
-    with _settings(config_file, crm=False) as settings:
+    with _settings(config_file, crm=False, secrets=False) as settings:
         led = _open_ledger(settings)
         try:
             statuses = collect(settings.mailboxes, led.polls(), led.counts())

@@ -173,12 +173,15 @@ def _env_name(*parts: str) -> str:
 class _SecretReader:
     """Resolves a secret from key, ``*_file``, systemd credential or environment, in that order."""
 
-    def __init__(self, base: Path, env: Mapping[str, str], problems: list[Problem]):
+    def __init__(self, base: Path, env: Mapping[str, str], problems: list[Problem], *, needed: bool = True):
         self.base = base
         self.env = env
         self.problems = problems
+        self.needed = needed
 
     def __call__(self, table: BaseModel, key: str, *, file: str, prefix: str, env_var: str, credential: str) -> Secret:
+        if not self.needed:
+            return Secret("")
         inline = getattr(table, key)
         path = getattr(table, f"{key}_file")
         if inline and path:
@@ -377,8 +380,12 @@ def _metrics(raw: dict[str, Any], file: str, problems: list[Problem]) -> Metrics
     return MetricsSettings()
 
 
-def load(path: Path, env: Mapping[str, str] | None = None, only: Collection[str] = ()) -> Settings:
+def load(path: Path, env: Mapping[str, str] | None = None, only: Collection[str] = (), *,
+         secrets: bool = True) -> Settings:
     """Read and validate the configuration at ``path`` (and its ``mailboxes.d``); raise ConfigError.
+
+    ``secrets=False``: leave every secret empty and unread, for commands that only read the
+    ledger (``syncd status`` from a shell, where the daemon's systemd credentials are not).
 
     ``only``: just these mailboxes (``syncd run --mailbox``, one per ``syncd@`` instance); the
     others are left unread, so their secrets need not be there.
@@ -390,7 +397,7 @@ def load(path: Path, env: Mapping[str, str] | None = None, only: Collection[str]
         raise ConfigError(problems)
     file = str(path)
     base = path.parent
-    secret = _SecretReader(base, env, problems)
+    secret = _SecretReader(base, env, problems, needed=secrets)
     try:
         main = _MainFile.model_validate(data)
     except ValidationError as err:

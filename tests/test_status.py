@@ -80,3 +80,13 @@ def test_late_when_no_good_pass_for_three_intervals():
     late = at(4.1)
     assert late.state == "late" and "daemon running" in late.advice[0]
     assert late.as_json()["counts"]["done"] == 3
+
+
+def test_status_needs_no_secrets(config_file: Path, imap_user: ImapUser, crm_server: SandboxServer):  # noqa: F811
+    """From a shell without the daemon's credentials, status still reads the ledger (other commands refuse)."""
+    assert syncd("once", "-c", str(config_file)).returncode == 0
+    text = config_file.read_text().replace('client_secret_file = "secret"', 'client_secret_file = "/nonexistent/secret"')
+    config_file.write_text(text.replace(f'password = "{imap_user.password}"', 'password_file = "/nonexistent/pw"'))
+    assert syncd("once", "-c", str(config_file)).returncode == 2
+    done = status(config_file)
+    assert done.returncode == 0 and done.stdout.splitlines()[1].split()[:2] == ["sales", "ok"]
