@@ -17,6 +17,7 @@ from functools import wraps
 from pathlib import Path
 
 import click
+import structlog
 
 from syncd import __version__, config, log, metrics, progress
 from syncd.errors import ConfigError, LedgerError, SyncdError
@@ -99,6 +100,9 @@ def _stop_on_signals(stopping: threading.Event) -> None:
         if stopping.is_set():
             os._exit(128 + signum)
         stopping.set()
+        structlog.get_logger("syncd.cli").warning(
+            "shutdown_requested", signal=signal.Signals(signum).name,
+            detail="finishing the message in flight; a second signal exits at once")
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)

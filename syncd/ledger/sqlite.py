@@ -111,6 +111,33 @@ def _dt(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
+LOW_SPACE = 1024 * 1024
+"""Free bytes below which a failed write is put down to a full disk."""
+
+
+def _corrupt_fix(path: Path) -> str:
+    return f"move {path} aside and restore a backup, or delete it to start afresh (Zoho's DUPLICATE_DATA then prevents re-sends)"
+
+
+def _diagnose(path: Path, exc: sqlite3.Error) -> str:
+    """A failed ledger operation in words an operator can act on: corrupt, read-only, disk full, or as SQLite says."""
+    name = getattr(exc, "sqlite_errorname", "")
+    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+        return f"ledger {path} is corrupt ({exc}): {_corrupt_fix(path)}"
+    if name.startswith("SQLITE_READONLY") or not all(os.access(p, os.W_OK) for p in (path, path.parent) if p.exists()):
+        return (f"ledger {path} is read-only ({exc}): syncd records each delivery before sending it, so it sends nothing "
+                "until the file and its directory are writable (check mount options, owner and mode, and [ledger] path)")
+    try:
+        fs = os.statvfs(path.parent)
+        full = name.startswith("SQLITE_FULL") or fs.f_bavail * fs.f_frsize < LOW_SPACE
+    except OSError:
+        full = name.startswith("SQLITE_FULL")
+    if full:
+        return (f"ledger {path}: the disk is full ({exc}): syncd sends nothing it cannot record; "
+                "free space on the filesystem holding the ledger and it carries on")
+    return f"ledger {path}: {exc}"
+
+
 class SqliteLedger:
     """The ``Ledger`` over SQLite. Open it with ``SqliteLedger(path)``; ``close`` when done."""
 
@@ -121,7 +148,6 @@ class SqliteLedger:
         self._db = self._open(path)
 
     def _open(self, path: Path) -> sqlite3.Connection:
-        fix = f"move {path} aside and restore a backup, or delete it to start afresh (Zoho's DUPLICATE_DATA then prevents re-sends)"
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             if not path.exists():
@@ -129,6 +155,11 @@ class SqliteLedger:
             db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
+            # Whole-file check (a second or so per million rows): a damaged page refuses the start
+            # rather than failing some pass later, halfway through a folder.
+            problem = db.execute("PRAGMA quick_check(1)").fetchone()[0]
+            if problem != "ok":
+                raise LedgerError(f"ledger {path} is corrupt ({problem}): {_corrupt_fix(path)}")
             db.executescript(_SCHEMA)
             row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if row is None:
@@ -138,7 +169,7 @@ class SqliteLedger:
                 raise LedgerError(f"ledger {path} has schema {version}, newer than this syncd ({SCHEMA_VERSION}): upgrade syncd")
             _migrate(db, version)
         except sqlite3.DatabaseError as exc:
-            raise LedgerError(f"ledger {path} is unreadable or corrupt ({exc}): {fix}") from None
+            raise LedgerError(_diagnose(path, exc)) from None
         except OSError as exc:
             raise LedgerError(f"cannot open ledger {path}: {exc.strerror}; check [ledger] path and its directory's permissions") from None
         return db
@@ -147,7 +178,7 @@ class SqliteLedger:
         try:
             return self._db.execute(sql, params)
         except sqlite3.Error as exc:
-            raise LedgerError(f"ledger {self.path}: {exc}") from None
+            raise LedgerError(_diagnose(self.path, exc)) from None
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:

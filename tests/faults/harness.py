@@ -15,13 +15,16 @@ Shared by the fault tests (``tests/faults/``) and ``bench/faults.py``. The piece
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
+import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from pathlib import Path
@@ -31,7 +34,7 @@ from bench.corpus import OWN, correspondents, message
 from syncd.faultpoints import ENV as KILL_ENV
 from syncd.faultpoints import POINTS
 from syncd.sandbox import SandboxServer
-from syncd.sandbox.server import Request, Response
+from syncd.sandbox.server import Fault, Request, Response
 
 RUN_TIMEOUT = 120.0
 """A run that neither finishes nor gets killed in this long is hung: a failure, not a wait."""
@@ -54,6 +57,13 @@ class RecordingSandbox(SandboxServer):
         kwargs.setdefault("refresh_limit", 1_000_000)
         super().__init__(**kwargs)
         self.answers: list[tuple[str, str, str, str]] = []
+        self.arrived: list[tuple[str, str]] = []
+        """(method, path) of every request as it arrives, before any injected delay (``requests`` logs it after)."""
+
+    def take_fault(self, method: str, path: str) -> Fault | None:
+        with self._lock:
+            self.arrived.append((method, path))
+        return super().take_fault(method, path)
 
     def handle(self, request: Request) -> Response:
         response = super().handle(request)
@@ -119,8 +129,9 @@ class Mailbox:
         self.account.append_many("Sent", [m for m, mine in zip(batch, ours) if mine])
         self.account.append_many("INBOX", [m for m, mine in zip(batch, ours) if not mine])
 
-    def config(self, server: SandboxServer, name: str = "syncd", *, poll_interval: int = 1) -> Path:
-        """A config file syncing this mailbox into ``server`` with a ledger of its own (``<name>.sqlite3``)."""
+    def config(self, server: SandboxServer, name: str = "syncd", *, poll_interval: int = 1,
+               ledger: Path | None = None) -> Path:
+        """A config file syncing this mailbox into ``server`` with a ledger of its own (default ``<name>.sqlite3``)."""
         client_id, client_secret, refresh_token = server.credentials()
         path = self.workdir / f"{name}.toml"
         path.write_text(f"""
@@ -133,7 +144,7 @@ accounts_url = "{server.url}"
 timeout = 10
 
 [ledger]
-path = "{name}.sqlite3"
+path = "{ledger or self.workdir / f'{name}.sqlite3'}"
 
 [[mailbox]]
 name = "faults"
@@ -275,6 +286,8 @@ class Verdict:
 
 def reference(mailbox: Mailbox) -> Counter[AssociationKey]:
     """The associations a fault-free ``syncd once`` makes of the whole mailbox, in a twin sandbox and ledger."""
+    for old in mailbox.workdir.glob("reference.sqlite3*"):
+        old.unlink()  # a fresh ledger: the reference run must send everything
     with RecordingSandbox() as twin:
         seed_people(twin, mailbox.people)
         done = syncd("once", "-c", str(mailbox.config(twin, "reference")))
@@ -295,14 +308,41 @@ def judge(server: RecordingSandbox, mailbox: Mailbox) -> Verdict:
     )
 
 
-def unfinished(ledger: Path) -> list[tuple[str, ...]]:
-    """Ledger rows not in a final state once syncd says it is done: pending deliveries, non-final messages."""
-    import sqlite3
+def assert_exactly_once(crm: RecordingSandbox, mailbox: Mailbox, config: Path, *, faults: int, note: str = "",
+                        ledger: Path | None = None) -> Verdict:
+    """The CRM holds what a fault-free run makes of the mailbox, the ledger is settled, and at most one
+    DUPLICATE_DATA resend per fault (a kill or cut can hide one send's outcome, no more)."""
+    verdict = judge(crm, mailbox)
+    replay = f"seed {mailbox.seed}: {note}; {verdict.line()}"
+    print(f"\n{replay}")
+    assert verdict.expected > mailbox.count // 3, "the corpus must exercise deliveries"
+    assert verdict.losses == [], replay
+    assert verdict.duplicates == [], replay
+    assert verdict.strays == [], replay
+    assert verdict.duplicate_answers <= faults, replay
+    assert unfinished(ledger or config.parent / "syncd.sqlite3") == [], replay
+    assert crm.violations == []
+    return verdict
 
+
+def query(ledger: Path, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+    """Rows of a read-only query on a ledger file (syncd may be running)."""
+    with contextlib.closing(sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)) as db:
+        return db.execute(sql, params).fetchall()
+
+
+def unfinished(ledger: Path) -> list[tuple]:
+    """Ledger rows not in a final state once syncd says it is done: pending deliveries, non-final messages."""
     final = ("done", "duplicate", "unmatched", "skipped", "quarantined")
     marks = ",".join("?" * len(final))
-    with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True) as db:
-        rows = db.execute(f"SELECT 'message', message_id, state FROM messages WHERE state NOT IN ({marks}) UNION ALL "
-                          f"SELECT 'delivery', message_id, state FROM deliveries WHERE state NOT IN ({marks})",
-                          final + final).fetchall()
-    return [tuple(map(str, r)) for r in rows]
+    return query(ledger, f"SELECT 'message', message_id, state FROM messages WHERE state NOT IN ({marks}) UNION ALL "
+                         f"SELECT 'delivery', message_id, state FROM deliveries WHERE state NOT IN ({marks})", final + final)
+
+
+def wait_for(predicate: Callable[[], object], what: str, *, timeout: float = 30.0) -> None:
+    """Poll ``predicate`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout}s waiting for {what}")
+        time.sleep(0.02)
