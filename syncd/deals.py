@@ -40,7 +40,7 @@ _NEVER = datetime.min.replace(tzinfo=UTC)
 
 def predict(deals: Sequence[Deal], forecasts: dict[str, str]) -> Deal | None:
     """The deal to link per the Kaizen rules, given each Stage's forecast type; None for no link."""
-    open_deals = [d for d in deals if forecasts.get(d.stage) == OPEN]
+    open_deals = [d for d in deals if forecasts.get(d.stage, "").casefold() == OPEN.casefold()]
     if not open_deals:
         return None
     # Ties on Modified_Time (or none given) go to the highest id: Zoho ids grow with creation.

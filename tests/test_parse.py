@@ -92,6 +92,13 @@ def test_charset_agrees_with_stdlib(charset):
     assert mail.content == message.get_content().replace("\r\n", "\n")
 
 
+def test_html_charset_from_its_meta_tag():
+    """An html part whose MIME header names no charset is decoded by the one its <meta> names, as a browser would."""
+    mail = parse("html-meta-charset.eml")
+    assert (mail.mail_format, mail.subject) == ("html", "Счёт")
+    assert "<p>Здравствуйте, Иван!</p><p>Счёт во вложении.</p>" in mail.content
+
+
 def test_unknown_charset_in_subject_falls_back():
     """An encoded word in an unknown charset or with broken base64 still gives readable text."""
     data = mime("From: a@example.com\nSubject: =?x-bogus?Q?caf=C3=A9?= =?utf-8?B?!!SGk?= end")

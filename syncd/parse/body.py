@@ -31,6 +31,7 @@ _EXTENSIONS = {
 }
 _UNSAFE_IN_NAME = re.compile(r'[\\/:*?"<>|]')
 _CID_REF = re.compile(r"""cid:([^\s"'<>)]+)""", re.IGNORECASE)
+_META_CHARSET = re.compile(rb"""<meta\b[^>]*?charset\s*=\s*["']?([A-Za-z0-9_.:-]+)""", re.IGNORECASE)
 
 
 @dataclass
@@ -71,7 +72,8 @@ class _Walker:
             for child in children:
                 self.walk(child, as_file)
         elif not as_file and _is_body(part):
-            text = decode_bytes(_payload(part), part.get_content_charset())
+            data = _payload(part)
+            text = decode_bytes(data, part.get_content_charset() or _meta_charset(ctype, data))
             if text.strip():  # an empty part (a truncated mail's stub) adds nothing to the body
                 self.chunks.append((ctype, text.replace("\r\n", "\n")))
         else:
@@ -87,6 +89,15 @@ class _Walker:
             subject = _UNSAFE_IN_NAME.sub("_", decode_header((raw_values(inner[0], "Subject") or [""])[0]))
             name = f"{truncate(subject, 100, marker='')}.eml" if subject else None
         return _File(name, ctype, data, _content_id(part))
+
+
+def _meta_charset(ctype: str, data: bytes) -> str | None:
+    """The charset an html part names in its own ``<meta>`` (HTML5 or http-equiv form) when its MIME header
+    names none: what a browser would use, so syncd does too."""
+    if ctype != "text/html":
+        return None
+    found = _META_CHARSET.search(data[:4096])
+    return found.group(1).decode("ascii") if found else None
 
 
 def _is_body(part: Message) -> bool:
