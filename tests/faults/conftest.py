@@ -13,6 +13,8 @@ from tests.fixtures.dovecot import ImapUser
 
 SEED = int(os.environ.get("SYNCD_FAULT_SEED", "1"))
 """Seeds the corpus and every kill; a failure message names it, and SYNCD_FAULT_SEED=N replays that run."""
+SOAK = max(1, int(os.environ.get("SYNCD_SOAK", "1")))
+"""SYNCD_SOAK=N multiplies the random fault runs by N, for a longer soak."""
 
 
 @pytest.fixture

@@ -1,9 +1,10 @@
 """Crash safety: `syncd once` / `syncd run` SIGKILLed at named points and random moments, restarted, until done.
 
 Afterwards the CRM must hold exactly what a fault-free run of the same mail produces: no
-loss, no duplicate, no stray. CI runs SYNCD_FAULT_KILLS kills (default 30) per crash test;
-``SYNCD_FAULT_KILLS=500 SYNCD_FAULT_SEED=7 bash tests/run tests/faults/test_kill.py`` is a
-soak run (``bench/faults.py`` prints the same figures for hundreds of kills).
+loss, no duplicate, no stray. CI runs 30 kills of `syncd once` and 7 of `syncd run`;
+``SYNCD_SOAK=N`` multiplies them (``SYNCD_FAULT_KILLS=K`` sets the `once` kills outright) and
+``SYNCD_FAULT_SEED=S`` replays a run's corpus and kill plan. ``bench/faults.py`` prints the
+same figures for hundreds of kills.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from syncd.faultpoints import POINTS
-from tests.faults.conftest import SEED
+from tests.faults.conftest import SEED, SOAK
 from tests.faults.harness import (
     Kill,
     Mailbox,
@@ -29,7 +30,7 @@ from tests.faults.harness import (
     syncd,
 )
 
-KILLS = int(os.environ.get("SYNCD_FAULT_KILLS", "30"))
+KILLS = int(os.environ.get("SYNCD_FAULT_KILLS", 30 * SOAK))
 BATCH = 20
 """Messages added per round: small enough that a round takes several kills to finish."""
 
