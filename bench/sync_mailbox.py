@@ -1,11 +1,13 @@
 """Benchmark: one `syncd once` pass over a mailbox of N mixed messages in a real Dovecot, into the sandbox CRM.
 
-    .venv/bin/python -m bench.sync_mailbox [--messages 1000] [--people 50] [--lookup batch|cache|none]
+    .venv/bin/python -m bench.sync_mailbox [--messages 1000] [--people 50] [--lookup batch|cache|none] [--deals 3]
 
 Prints wall time, messages/s, the CRM calls made (by endpoint), the calls per associated
 message and peak memory. ``--lookup`` picks how records are found: ``batch`` (the default:
 address cache and batched COQL queries), ``cache`` (cache, one search per address and module),
 ``none`` (one search per address, module and message: lookup economy's "before").
+``--deals N`` gives every Contact N deals (open and closed stages, varied Modified_Time) and
+prints how many emails were linked to a predicted deal and what the prediction cost.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def main() -> None:
     parser.add_argument("--people", type=int, default=50)
     parser.add_argument("--lookup", choices=sorted(LOOKUPS), default="batch",
                         help="batch: cache + COQL; cache: cache + search; none: a search per address and message")
+    parser.add_argument("--deals", type=int, default=0, metavar="N", help="deals per Contact (deal prediction's cost)")
     args = parser.parse_args()
     log.configure(stream=open("/dev/null", "w"), json=True)
 
@@ -59,7 +62,8 @@ def main() -> None:
               f"in {time.perf_counter() - t0:.1f}s")
         with SandboxServer() as crm:
             half = len(people) // 2
-            crm.seed("Contacts", [{"Last_Name": n, "Full_Name": n, "Email": a} for n, a in people[:half]])
+            contacts = crm.seed("Contacts", [{"Last_Name": n, "Full_Name": n, "Email": a} for n, a in people[:half]])
+            crm.seed("Deals", deals_for(contacts, args.deals))
             crm.seed("Leads", [{"Last_Name": n, "Full_Name": n, "Email": a} for n, a in people[half:]])
             cid, secret, refresh = crm.credentials()
             settings = Settings(
@@ -79,6 +83,7 @@ def main() -> None:
             app.close()
             violations = len(crm.violations)
             received = len(crm.received())
+            linked = sum(1 for e in crm.received() if e.linked_record)
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
@@ -94,9 +99,20 @@ def main() -> None:
               f"(record lookups {lookups}: {lookups / associated:.3f} per message; "
               f"{deliveries:.2f} associations per message)")
     print(f"associations received by the CRM: {received}; spec violations: {violations}")
+    if args.deals:
+        cost = sum(calls.get(k, 0) for k in ("deals", "modules")) + 1  # + the Deals Stage metadata read
+        print(f"deal prediction: {linked} emails linked to a deal, {cost} CRM reads for it")
     print(f"second pass (nothing new): {second:.2f}s, states {dict(again.states) or 'none'}")
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     sys.exit(0 if report.complete else 1)
+
+
+def deals_for(contacts: list[str], per_contact: int) -> list[dict]:
+    """``per_contact`` deals for each Contact, cycling through open and closed stages and months."""
+    stages = ("Qualification", "Closed Won", "Negotiation/Review", "Closed Lost")
+    return [{"Deal_Name": f"Deal {i} of {contact}", "Stage": stages[i % len(stages)],
+             "Modified_Time": f"2024-{1 + (i * 5 + j) % 12:02d}-01T00:00:00+00:00", "Contact_Name": {"id": contact}}
+            for j, contact in enumerate(contacts) for i in range(per_contact)]
 
 
 if __name__ == "__main__":
