@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass
 
 from syncd.crm import Crm
-from syncd.errors import CrmOrgError
+from syncd.errors import CrmError, CrmOrgError
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,10 +21,12 @@ class User:
     id: str
     name: str
     email: str
+    admin: bool = False
 
 
 def _user(item: dict) -> User:
-    return User(str(item.get("id", "")), str(item.get("full_name") or ""), str(item.get("email") or ""))
+    admin = (item.get("profile") or {}).get("name") == "Administrator"
+    return User(str(item.get("id", "")), str(item.get("full_name") or ""), str(item.get("email") or ""), admin)
 
 
 class MailboxOwner:
@@ -80,6 +82,20 @@ class MailboxOwner:
             f"mailbox {self._mailbox}: {wanted} is not an active Zoho CRM user; fix the mailbox's owner setting",
             code="OWNER_NOT_FOUND",
         )
+
+    def check(self) -> tuple[bool, str]:
+        """For `syncd check`: whose mail this is, and whether Zoho will let syncd file it so."""
+        try:
+            owner, me = self._resolve()
+        except CrmError as exc:
+            return False, str(exc)
+        if owner.id == me.id:
+            return True, f"mail filed as {me.email or me.id}, the token's own user"
+        if me.admin:
+            return True, f"mail filed as {owner.email or owner.id} (user {owner.id}) by the administrator {me.email}"
+        return False, (f"mail is to be filed as {owner.email or owner.id} (user {owner.id}), but the token's user "
+                       f"{me.email or me.id} is no administrator: Zoho will answer NO_PERMISSION. Fix: authorise syncd "
+                       f"as an admin user, or remove owner_id/owner_email from mailbox {self._mailbox}")
 
     def no_permission(self, exc: CrmOrgError) -> CrmOrgError:
         """Zoho's NO_PERMISSION for an ``owner`` key, said in terms of what to change."""

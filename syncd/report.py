@@ -41,8 +41,9 @@ def print_pass_summary(reports: Sequence[PassReport], calls: Mapping[str, int], 
 
 
 def check_connections(settings: Settings) -> bool:
-    """Try every mailbox (login, each folder) and the CRM (token, one read); print one line each."""
+    """Try every mailbox (login, each folder), the CRM (token, one read) and mailbox owners; print one line each."""
     from syncd.crm.zoho import ZohoCrm
+    from syncd.owner import MailboxOwner
 
     ok = True
 
@@ -65,6 +66,10 @@ def check_connections(settings: Settings) -> bool:
     crm = ZohoCrm(settings.crm)
     try:
         line(True, "crm", crm.check())
+        for mailbox in (m for m in settings.mailboxes if m.owner_id or m.owner_email):
+            owner = MailboxOwner(crm, mailbox=mailbox.name, owner_id=mailbox.owner_id, owner_email=mailbox.owner_email)
+            good, detail = owner.check()
+            line(good, f"owner of mailbox {mailbox.name}", detail)
     except SyncdError as exc:
         line(False, "crm", str(exc))
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,3 +84,16 @@ def test_owner_id_and_email_together_are_refused(config_file: Path):
     with_owner(config_file, f'owner_id = "{PATRICIA}"\nowner_email = "patricia@sandbox.example"')
     done = syncd("once", "-c", str(config_file))
     assert done.returncode == 2 and "mailbox[0].owner_email: owner_id and owner_email are both set" in done.stderr
+
+
+@pytest.mark.parametrize("crm_server", [True, False], indirect=True)
+def test_check_says_whether_the_owner_will_be_accepted(config_file: Path, crm_server: SandboxServer):
+    """`syncd check` names the mailbox's owner: ok with an admin token, FAIL (NO_PERMISSION ahead) without."""
+    with_owner(config_file, 'owner_email = "patricia@sandbox.example"')
+    done = syncd("check", "-c", str(config_file))
+    if crm_server.org.admin:
+        assert done.returncode == 0, done.stdout
+        assert re.search(r"ok\s+owner of mailbox sales: mail filed as patricia@sandbox.example", done.stdout)
+    else:
+        assert done.returncode == 1
+        assert re.search(r"FAIL\s+owner of mailbox sales: .*no administrator: Zoho will answer NO_PERMISSION", done.stdout)
