@@ -161,6 +161,29 @@ def test_missing_explicit_file_is_an_error(tmp_path: Path):
     assert p.message == "file not found" and "-c" in p.fix
 
 
+def test_only_loads_the_named_mailboxes_and_needs_no_other_secrets(secrets: Path):
+    """load(only=...) (syncd run --mailbox, one syncd@ instance) leaves the other mailboxes unread, secrets and all."""
+    main = write(secrets, GOOD)
+    write(secrets, '[mailbox]\nname = "support"\nhost = "127.0.0.1"\nsecurity = "none"\nusername = "s"\n',
+          "mailboxes.d/support.toml")
+    assert [p.key for p in problems(main)] == ["mailbox.password"]
+    assert [m.name for m in config.load(main, env={}, only=["sales"]).mailboxes] == ["sales"]
+    with pytest.raises(ConfigError) as info:
+        config.load(main, env={}, only=["nosuch"])
+    assert [(p.key, p.fix) for p in info.value.problems] == [
+        ("mailbox", "add mailboxes.d/nosuch.toml holding a [mailbox] table with name = 'nosuch'")]
+
+
+def test_ledger_defaults_to_systemd_state_directory(secrets: Path):
+    """Without [ledger] path the ledger goes to $STATE_DIRECTORY (systemd's StateDirectory=), else /var/lib/syncd."""
+    text = GOOD.replace('[ledger]\npath = "state/ledger.sqlite3"\n', "")
+    assert config.load(write(secrets, text), env={}).ledger.path == config.DEFAULT_LEDGER
+    under_systemd = config.load(write(secrets, text), env={"STATE_DIRECTORY": "/var/lib/syncd-sales"})
+    assert under_systemd.ledger.path == Path("/var/lib/syncd-sales/ledger.sqlite3")
+    explicit = config.load(write(secrets, GOOD), env={"STATE_DIRECTORY": "/var/lib/syncd-sales"})
+    assert explicit.ledger.path == secrets / "state/ledger.sqlite3"
+
+
 def test_locate_prefers_option_then_environment():
     """-c wins over $SYNCD_CONFIG, which wins over /etc/syncd/syncd.toml."""
     assert config.locate("a.toml", {"SYNCD_CONFIG": "b.toml"}) == (Path("a.toml"), True)
