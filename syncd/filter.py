@@ -68,8 +68,9 @@ def _list_mail(email: Email, sent: bool) -> str:
 
 
 def _internal(email: Email, own: tuple[str, ...], policy: MatchSettings) -> str:
-    own_keys = {address_key(a) for a in own}
-    keys = [address_key(a.addr) or a.key for a in email.participants]
+    strip = policy.strip_plus_tags
+    own_keys = {address_key(a, strip_plus=strip) for a in own}
+    keys = [address_key(a.addr, strip_plus=strip) or a.key for a in email.participants]
     if not keys or not all(k in own_keys or in_domains(k, policy.internal_domains) for k in keys):
         return ""
     if policy.internal_domains:

@@ -28,10 +28,11 @@ log = structlog.get_logger("syncd.match")
 _HEADERS = ("From", "Reply-To", "To", "Cc", "Bcc")
 
 
-def is_sent(email: Email, *, sent_folder: bool, own: Iterable[str]) -> bool:
-    """Sent when it sits in a sent folder or its From is one of the mailbox's own addresses."""
-    own_keys = {address_key(a) for a in own}
-    return sent_folder or (email.sender is not None and address_key(email.sender.addr) in own_keys)
+def is_sent(email: Email, *, sent_folder: bool, own: Iterable[str], policy: MatchSettings = MatchSettings()) -> bool:
+    """Sent when it sits in a sent folder or its From is one of the mailbox's own addresses (tags stripped if asked)."""
+    strip = policy.strip_plus_tags
+    own_keys = {address_key(a, strip_plus=strip) for a in own}
+    return sent_folder or (email.sender is not None and address_key(email.sender.addr, strip_plus=strip) in own_keys)
 
 
 def candidates(email: Email, *, sent: bool, policy: MatchSettings) -> list[Address]:

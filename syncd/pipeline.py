@@ -197,7 +197,7 @@ class MailboxSync:
             return email, Verdict(State.SKIPPED, draft)
         structlog.contextvars.bind_contextvars(message_id=email.message_id)
         own, policy = self.mailbox.addresses, self.mailbox.match
-        sent = is_sent(email, sent_folder=folder.sent, own=own)
+        sent = is_sent(email, sent_folder=folder.sent, own=own, policy=policy)
         reason = skip_reason(email, sent=sent, own=own, policy=policy)
         if reason:
             return email, Verdict(State.SKIPPED, reason)

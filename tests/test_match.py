@@ -254,3 +254,14 @@ def test_misspelt_module_pauses_the_mailbox_and_loses_nothing(sync, imap_user: I
     good = sync()
     good.run()
     assert good.received() == {"typo@x": [("Contacts", people["bob"])]}
+
+
+def test_plus_tagged_own_address_is_ours_when_tags_are_stripped():
+    """With strip_plus_tags, mail From sales+crm@ is sent mail of sales@, and the tagged own address is no counterpart."""
+    email = parse_message(mail("sales+crm@ourco.example", "bob@example.com", message_id="<pt@x>",
+                               Cc="sales+cc@ourco.example"))
+    policy = MatchSettings(strip_plus_tags=True)
+    assert is_sent(email, sent_folder=False, own=("sales@ourco.example",), policy=policy)
+    assert not is_sent(email, sent_folder=False, own=("sales@ourco.example",))
+    people = counterparts(email, sent=True, own=("sales@ourco.example",), policy=policy)
+    assert [a.addr for a in people] == ["bob@example.com"]
