@@ -17,7 +17,7 @@ import structlog
 from syncd.addrkey import address_key, query_forms
 from syncd.crm import Crm, Record
 from syncd.email import Address
-from syncd.errors import CrmOrgError, CrmRejected
+from syncd.errors import CrmError, CrmOrgError, CrmRejected
 from syncd.settings import MatchSettings
 
 log = structlog.get_logger("syncd.lookup")
@@ -55,6 +55,25 @@ class RecordLookup:
                 for key in forms:
                     result[key].extend(self._cache[(module, key, strip_plus)][1])
         return result
+
+    def check(self, module: str) -> tuple[bool, str]:
+        """Whether record lookups in ``module`` work, and how: one line of ``syncd check``."""
+        probe = "syncd-check@example.invalid"
+        try:
+            self._crm.find_by_emails(module, [probe])
+            return True, "record lookups batched (COQL)"
+        except (CrmOrgError, CrmRejected) as exc:
+            if exc.code == "INVALID_MODULE":
+                return False, f"Zoho has no module {module!r}: check match.modules / crm.modules"
+            if isinstance(exc, CrmOrgError) and exc.code not in _COQL_REFUSALS:
+                return False, str(exc)
+            refused = exc
+        try:
+            self._crm.search_by_email(module, probe)
+        except CrmError as exc:
+            return False, f"record lookups refused: {exc}"
+        return True, (f"COQL refused ({refused.code}): one search per address instead "
+                      "(grant ZohoCRM.coql.READ and ZohoCRM.settings.fields.READ to batch)")
 
     def _fresh(self, entry: tuple[str, str, bool], ttl: float) -> bool:
         with self._lock:

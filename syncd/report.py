@@ -43,6 +43,7 @@ def print_pass_summary(reports: Sequence[PassReport], calls: Mapping[str, int], 
 def check_connections(settings: Settings) -> bool:
     """Try every mailbox (login, each folder), the CRM (token, one read) and mailbox owners; print one line each."""
     from syncd.crm.zoho import ZohoCrm
+    from syncd.lookup import RecordLookup
     from syncd.owner import MailboxOwner
 
     ok = True
@@ -70,6 +71,10 @@ def check_connections(settings: Settings) -> bool:
             owner = MailboxOwner(crm, mailbox=mailbox.name, owner_id=mailbox.owner_id, owner_email=mailbox.owner_email)
             good, detail = owner.check()
             line(good, f"owner of mailbox {mailbox.name}", detail)
+        lookup = RecordLookup(crm)
+        for module in dict.fromkeys(m for mailbox in settings.mailboxes for m in mailbox.match.modules):
+            good, detail = lookup.check(module)
+            line(good, f"crm module {module}", detail)
     except SyncdError as exc:
         line(False, "crm", str(exc))
     finally:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -95,3 +99,32 @@ def test_unknown_module_is_a_clear_configuration_error(crm: ZohoCrm):
     for batch in (True, False):
         with pytest.raises(CrmOrgError, match=r"Zoho has no module 'Contact': check match.modules"):
             RecordLookup(crm).records(PEOPLE[:1], MatchSettings(modules=("Contact",), batch_lookups=batch))
+
+
+def test_check_says_how_each_module_is_looked_up(crm: ZohoCrm, crm_server: SandboxServer):
+    """`check` finds a misspelt module, and says when COQL is refused and searches stand in."""
+    lookup = RecordLookup(crm)
+    assert lookup.check("Contacts") == (True, "record lookups batched (COQL)")
+    good, detail = lookup.check("Contact")
+    assert not good and "Zoho has no module 'Contact'" in detail
+    crm_server.inject(r"/coql", status=401, body={"code": "OAUTH_SCOPE_MISMATCH", "details": {},
+                                                 "message": "invalid oauth scope", "status": "error"})
+    good, detail = lookup.check("Leads")
+    assert good and "COQL refused (OAUTH_SCOPE_MISMATCH)" in detail and "ZohoCRM.coql.READ" in detail
+
+
+def test_syncd_check_lists_the_lookup_of_every_configured_module(tmp_path: Path, crm_server: SandboxServer):
+    """`syncd check` prints one line per configured module and fails on one Zoho does not have."""
+    client_id, client_secret, refresh_token = crm_server.credentials()
+    (tmp_path / "m").mkdir()
+    config = tmp_path / "syncd.toml"
+    config.write_text(f'[crm]\nclient_id = "{client_id}"\nclient_secret = "{client_secret}"\n'
+                      f'refresh_token = "{refresh_token}"\napi_domain = "{crm_server.url}"\n'
+                      f'accounts_url = "{crm_server.url}"\n[ledger]\npath = "l.sqlite3"\n'
+                      '[match]\nmodules = ["Contacts", "Leeds"]\n[[mailbox]]\nname = "m"\nmbox = "m/box.mbox"\n')
+    (tmp_path / "m" / "box.mbox").write_bytes(b"")
+    done = subprocess.run([sys.executable, "-m", "syncd", "check", "-c", str(config)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1
+    assert re.search(r"ok\s+crm module Contacts: record lookups batched", done.stdout)
+    assert re.search(r"FAIL\s+crm module Leeds: Zoho has no module 'Leeds'", done.stdout)
