@@ -130,6 +130,18 @@ def test_refused_deal_lookup_costs_the_link_not_the_email(config_file: Path, ima
     assert "linked_record" not in email.payload
 
 
+def test_refused_module_metadata_costs_the_link_not_the_email(config_file: Path, imap_user: ImapUser,
+                                                               crm_server: SandboxServer):
+    """When Zoho refuses the Deals module read (needed for linked_record), the email still arrives, unlinked."""
+    seed_deals(crm_server, crm_server.contact_ids[0], ("Open", "Qualification", "2024-06-01T10:00:00+00:00"))
+    crm_server.inject(r"/settings/modules/Deals$", status=400,
+                      body={"code": "INVALID_MODULE", "details": {}, "message": "no such module", "status": "error"})
+    imap_user.append("INBOX", bytes(mail("bob@example.com", OWN, "Hi", message_id="<m1@x>")))
+    assert syncd("once", "-c", str(config_file)).returncode == 0
+    (email,) = crm_server.received()
+    assert "linked_record" not in email.payload
+
+
 def test_deal_lookup_outage_retries_then_links_once(config_file: Path, imap_user: ImapUser, crm_server: SandboxServer):
     """A Deals read failing with 503 every time leaves the mail for retry; the next pass delivers it linked, once."""
     (open_deal,) = seed_deals(crm_server, crm_server.contact_ids[0], ("Open", "Qualification", "2024-06-01T10:00:00+00:00"))

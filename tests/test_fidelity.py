@@ -229,3 +229,14 @@ def test_dry_run_prints_what_it_would_send_and_writes_nothing(config_file: Path,
     assert writes == [] and len(crm_server.received()) == before[1]
     assert ledger.read_bytes() == before[0]
     assert sqlite3.connect(ledger).execute("SELECT count(*) FROM messages WHERE message_id='dry@x'").fetchone() == (0,)
+
+
+def test_dry_run_on_an_unreadable_ledger_says_so_and_changes_nothing(config_file: Path, imap_user: ImapUser,
+                                                                     crm_server: SandboxServer):
+    """A corrupt ledger makes --dry-run exit 1 naming the file, with the file and the CRM untouched."""
+    ledger = config_file.parent / "ledger.sqlite3"
+    ledger.write_bytes(b"not a database" * 100)
+    imap_user.append("INBOX", bytes(mail("bob@example.com", OWN, "Hi", message_id="<c@x>")))
+    done = syncd("once", "--dry-run", "-c", str(config_file))
+    assert done.returncode == 1 and f"cannot read the ledger {ledger}" in done.stderr
+    assert ledger.read_bytes() == b"not a database" * 100 and crm_server.received() == []
