@@ -5,12 +5,13 @@ Shared by the fault tests (``tests/faults/``) and ``bench/faults.py``. The piece
 - ``RecordingSandbox``: the sandbox CRM, also keeping every associate_email answer it gave.
 - ``Mailbox``: a seeded corpus (``bench.corpus``) appended to an IMAP user, received mail in
   INBOX and sent mail in Sent, and a config file pointing syncd at it and at the sandbox.
-- ``crash_until_done``: runs ``syncd once`` (or ``syncd run``) again and again, each time
-  killed with SIGKILL at a seeded random moment — at a named crash point
-  (``SYNCD_TEST_KILL_AT``, see ``syncd.faultpoints``) or after a random delay — until a run
-  finishes cleanly. The seed makes a failure replay.
-- ``judge``: compares what the CRM holds with a fault-free reference run of the same mailbox
-  into a twin sandbox, and counts losses, duplicates and stray associations.
+- ``crash_until_done``: runs ``syncd once`` again and again, each time killed with SIGKILL at
+  a seeded random moment — at a named crash point (``SYNCD_TEST_KILL_AT``, see
+  ``syncd.faultpoints``) or after a random delay — until a run finishes cleanly;
+  ``crash_daemon`` does the same to ``syncd run``. The seed makes a failure replay.
+- ``judge`` / ``assert_exactly_once``: compare what the CRM holds with a fault-free reference
+  run of the same mailbox into a twin sandbox: losses, duplicates, stray associations, and
+  the resends Zoho answered DUPLICATE_DATA; plus ledger rows left unfinished (``unfinished``).
 """
 
 from __future__ import annotations
