@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import click
 
 from syncd.crm import Crm, Deal
-from syncd.deals import DealPredictor, linked_record
+from syncd.deals import linked_record
 from syncd.errors import CrmRejected
 from syncd.ledger import Linkable
 from syncd.ledger.sqlite import SqliteLedger
@@ -117,8 +117,7 @@ def command(settings: Settings, action: str, *, message_ids: Sequence[str], mail
         acting = lambda name: (owners.get(name) or fallback).acting_user()  # noqa: E731 - one-line lookup
         if action == "link":
             assert deal_id is not None
-            predictor = DealPredictor(crm)
-            outcome = link(crm, ledger, rows, crm.deal(deal_id), predictor.deals_module_id(), acting)
+            outcome = link(crm, ledger, rows, crm.deal(deal_id), crm.module_id("Deals"), acting)
         else:
             outcome = unlink(crm, ledger, rows, acting)
     finally:

@@ -55,9 +55,6 @@ class MailboxOwner:
         """The user the Link/Unlink Deal API acts for: the mailbox's owner, else the token's user."""
         return self._resolve()[0]
 
-    def token_user(self) -> User:
-        return self._resolve()[1]
-
     def _resolve(self) -> tuple[User, User]:
         with self._lock:
             if self._resolved is not None:
