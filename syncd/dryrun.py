@@ -108,7 +108,8 @@ class PrintingCrm:
         target += f", deal {deal['id']} ({deal.get('name', '')})" if deal else ", no deal"
         shown = dict(email)
         content = str(shown.pop("content", ""))
-        shown["attachments"] = [self._files.get(a["id"], a["id"]) for a in email.get("attachments") or []]
+        if email.get("attachments"):
+            shown["attachments"] = [self._files.get(a["id"], a["id"]) for a in email["attachments"]]
         inline = [self._files.get(i, i) for i in _INLINE_ID.findall(content)]
         if inline:
             shown["inline_images"] = inline
