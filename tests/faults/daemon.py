@@ -67,13 +67,18 @@ def wait_for(condition: Callable[[], bool], what: str, *, proc: subprocess.Popen
 
 
 class Daemon:
-    """A running `syncd run`; its JSON log lines are in ``events`` once it has stopped."""
+    """A running `syncd run`; its JSON log lines are in ``events`` once it has stopped.
+
+    Its output goes to a file beside the config: a pipe nobody reads while it runs fills up and blocks it.
+    """
 
     def __init__(self, config: Path, env: dict[str, str] | None = None):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "syncd", "--log-format", "json", "run", "-c", str(config)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
-        )
+        self.log = config.parent / "syncd.log"
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "syncd", "--log-format", "json", "run", "-c", str(config)],
+                stdout=out, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})},
+            )
         self.events: list[dict] = []
         self.stderr = ""
 
@@ -86,7 +91,8 @@ class Daemon:
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
-            _, self.stderr = self.proc.communicate()
+                self.proc.wait()
+            self.stderr = self.log.read_text()
         self.events = [json.loads(line) for line in self.stderr.splitlines() if line.startswith("{")]
         return code
 

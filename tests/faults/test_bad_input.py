@@ -141,6 +141,7 @@ def _fuzzed(rng: random.Random, n: int) -> tuple[list[bytes], Counter]:
     return out, used
 
 
+@pytest.mark.timeout(120 * SOAK)
 def test_mutated_mime_never_crashes_and_a_quarantined_one_replays(tmp_path: Path, imap_user: ImapUser,
                                                                   crm_server: SandboxServer):
     """Seeded mutations of MIME (bit flips, truncation, zero bytes, NULs, bad charsets and base64, huge headers, deep nesting) through `once`: no crash; a CRM-refused one replays after `ledger retry`."""

@@ -252,6 +252,7 @@ EXPIRIES = 3
 
 
 @pytest.mark.parametrize("seed", [1])
+@pytest.mark.timeout(120 * SOAK + 60)
 def test_random_faults_deliver_every_message_exactly_once(tmp_path: Path, imap_user: ImapUser,
                                                           crm_server: SandboxServer, seed: int):
     """Seeded random 5xx, 429, resets, slow answers and token expiries while the daemon runs: 0 lost, 0 duplicates."""
