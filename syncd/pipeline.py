@@ -24,7 +24,7 @@ from syncd.errors import CrmOrgError, CrmTransientError, FolderError, LedgerErro
 from syncd.filter import draft_reason, skip_reason
 from syncd.ledger import FINAL, Checkpoint, MessageKey, State, placeholder_id
 from syncd.ledger.sqlite import SqliteLedger
-from syncd.ledger.verify import known_messages
+from syncd.ledger.verify import known_messages, supersede_waiting
 from syncd.match import Matcher, counterparts, is_sent
 from syncd.retro import Retro
 from syncd.parse import parse_message
@@ -147,8 +147,9 @@ class MailboxSync:
         """The folder's UIDs mean something else now: rescan it (the ledger's Message-IDs keep it from re-sending),
         and say so loudly when fewer messages are there than the ledger knew (a folder emptied or replaced)."""
         known = known_messages(self._ledger, self.mailbox.name, folder, old)
+        superseded = supersede_waiting(self._ledger, self.mailbox.name, folder, selected.uidvalidity)
         log.warning("uidvalidity_changed", folder=folder, old=old, new=selected.uidvalidity, known=known,
-                    present=selected.exists, action="rescanning; the ledger prevents re-sends")
+                    present=selected.exists, superseded=superseded, action="rescanning; the ledger prevents re-sends")
         gone = known - selected.exists
         if gone > 0 and gone >= known * VANISHED_SHARE:
             log.warning("known_messages_vanished", folder=folder, missing=gone, known=known,

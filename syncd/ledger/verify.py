@@ -78,6 +78,18 @@ def known_messages(ledger: SqliteLedger, mailbox: str, folder: str, uidvalidity:
     return len({r.message_id for r in rows if r.key.folder == folder and r.key.uidvalidity == uidvalidity})
 
 
+def supersede_waiting(ledger: SqliteLedger, mailbox: str, folder: str, uidvalidity: int) -> int:
+    """After a UIDVALIDITY change, rows still waiting for a retry under an older one are settled: the rescan
+    handles those messages under their new UIDs (their deliveries, keyed by Message-ID, are kept)."""
+    stale = [r for r in ledger.messages(mailbox=mailbox, states=[State.RETRY])
+             if r.key.folder == folder and r.key.uidvalidity != uidvalidity]
+    for r in stale:
+        ledger.record_message(r.key, message_id=r.message_id, state=State.SKIPPED, subject=r.subject, sender=r.sender,
+                              reason=f"superseded: the folder's UIDVALIDITY is now {uidvalidity}, the message "
+                                     "is handled under its new UID")
+    return len(stale)
+
+
 def uid_ranges(uids: Sequence[int]) -> str:
     """``[1, 2, 3, 7]`` as ``"1:3,7"`` (IMAP's own notation for UID sets)."""
     return ",".join(f"{a}:{b}" if a != b else str(a) for a, b in _runs(sorted(uids)))

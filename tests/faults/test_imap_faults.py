@@ -184,6 +184,23 @@ def test_uidvalidity_resets_rescan_and_resend_nothing(tmp_path: Path, dovecot: D
     assert resends == 0 and len(crm_server.received()) == 8 + resets
 
 
+def test_message_waiting_for_retry_across_a_reset_is_delivered_once_under_its_new_uid(
+        tmp_path: Path, dovecot: Dovecot, imap_user: ImapUser, crm_server: SandboxServer):
+    """A message in retry when UIDVALIDITY changes: its old row is settled as superseded, it lands once, no retry row is left."""
+    config = write_config(tmp_path / "syncd.toml", crm_server, {"sales": imap_user})
+    imap_user.append_many("INBOX", _mails("s", 2))
+    crm_server.inject(r"associate_email", status=503)
+    assert syncd("once", "-c", str(config)).returncode == 1
+    before = _uidvalidity(imap_user, "INBOX")
+    dovecot.doveadm("mailbox", "update", "-u", imap_user.username, "--uid-validity", str(before + 7), "INBOX")
+    done = syncd("once", "-c", str(config))
+    assert done.returncode == 0, done.stderr
+    assert _events(done.stderr, "uidvalidity_changed")[0]["superseded"] >= 1
+    assert _ids(crm_server) == ["s0@imap.example", "s1@imap.example"]
+    assert "no messages" in syncd("ledger", "list", "--state", "retry", "-c", str(config)).stdout
+    assert "superseded" in syncd("ledger", "show", "s0@imap.example", "-c", str(config)).stdout
+
+
 def test_folder_replaced_with_fewer_messages_warns_and_resends_nothing(tmp_path: Path, imap_user: ImapUser,
                                                                        crm_server: SandboxServer):
     """A folder deleted and recreated (new UIDVALIDITY, new UIDs) with half its mail: a warning, old mail not resent, new mail sent."""
