@@ -90,7 +90,7 @@ def test_drafts_are_never_imported(sync, imap_user: ImapUser, crm_server: Sandbo
 
 
 def test_maildir_draft_flag_is_skipped(tmp_path: Path, crm_server: SandboxServer):
-    """A Maildir message with the D flag in its name is a draft and is skipped."""
+    """A Maildir message with the D flag in its name, or in the .Drafts folder, is a draft and is skipped."""
     from syncd.app import App
     from syncd.settings import LedgerSettings, MailboxSettings, Settings
     from tests.fixtures.crm import settings_for
@@ -100,13 +100,16 @@ def test_maildir_draft_flag_is_skipped(tmp_path: Path, crm_server: SandboxServer
     draft.set_flags("D")
     box.add(draft)
     box.add(mailbox.MaildirMessage(mail("bob@example.com", OWN, message_id="<md2@x>")))
-    settings = Settings(crm=settings_for(crm_server), ledger=LedgerSettings(tmp_path / "l.sqlite3"),
-                        mailboxes=(MailboxSettings(name="md", maildir=tmp_path / "Maildir", addresses=(OWN,)),))
+    box.add_folder("Drafts").add(mailbox.MaildirMessage(mail(OWN, "bob@example.com", message_id="<md3@x>")))
+    maildir = MailboxSettings(name="md", maildir=tmp_path / "Maildir", addresses=(OWN,), folders=("INBOX", "Drafts"))
+    settings = Settings(crm=settings_for(crm_server), ledger=LedgerSettings(tmp_path / "l.sqlite3"), mailboxes=(maildir,))
     app = App(settings)
     try:
         app.once()
         (row,) = app.ledger.messages(message_id="md1@x")
+        (in_drafts,) = app.ledger.messages(message_id="md3@x")
     finally:
         app.close()
     assert row.state == State.SKIPPED and "draft" in row.reason
+    assert in_drafts.state == State.SKIPPED and "Drafts folder" in in_drafts.reason
     assert [e.original_message_id for e in crm_server.received()] == ["md2@x"]

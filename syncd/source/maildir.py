@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import BinaryIO
@@ -29,6 +29,8 @@ from syncd.source._common import folder_list
 
 INBOX = "INBOX"
 SENT = "Sent"
+DRAFTS = "Drafts"
+"""Maildir++ has no SPECIAL-USE: the folder clients (and Dovecot) name Drafts is the drafts folder."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +124,7 @@ class MaildirSource(_LocalSource):
         sent = self.settings.sent_folders
         if sent is None:
             sent = (SENT,) if _is_maildir(self._dir(SENT)) else ()
-        return folder_list(self.settings.folders, sent)
+        return [replace(f, drafts=f.name == DRAFTS) for f in folder_list(self.settings.folders, sent)]
 
     def _dir(self, folder: str) -> Path:
         return self.path if folder == INBOX else self.path / f".{folder}"
