@@ -8,6 +8,7 @@ line as a last line of defence: none of our events should carry one anyway.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 from collections import deque
@@ -15,6 +16,9 @@ from typing import Any, TextIO
 
 import structlog
 
+COPY_ENV = "SYNCD_TEST_LOG_COPY"
+"""Test hook: a file that every log line is appended to as well, so the test suite can scan all
+of syncd's output, its subprocesses' included, for secrets (tests.fixtures.secret_scan). Unset in use."""
 MAX_TOKENS = 64
 """Access tokens remembered for redaction: refreshes come hourly, so this covers days of them."""
 
@@ -56,9 +60,30 @@ def _scrub_renderer(renderer: Any) -> Any:
     return render
 
 
+class _Copy:
+    """``stream`` that also appends every line to ``path`` (``COPY_ENV``)."""
+
+    def __init__(self, stream: TextIO, path: str):
+        self._stream = stream
+        self._path = path
+
+    def write(self, text: str) -> int:
+        with open(self._path, "a", encoding="utf-8") as copy:  # opened per line: nothing to close at exit
+            copy.write(text)
+        return self._stream.write(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+
 def configure(*, stream: TextIO | None = None, level: int = logging.INFO, json: bool | None = None) -> None:
     """Set up structlog and the stdlib root logger (httpx, apscheduler) to write to ``stream``."""
     stream = stream or sys.stderr
+    if os.environ.get(COPY_ENV):
+        stream = _Copy(stream, os.environ[COPY_ENV])  # type: ignore[assignment]
     as_json = (not stream.isatty()) if json is None else json
     renderer = structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(

@@ -101,15 +101,20 @@ def test_library_logging_at_debug_never_shows_a_token(crm_settings: CrmSettings,
 
 
 def test_scanner_fails_a_test_that_prints_a_secret(tmp_path: Path):
-    """The suite-wide plugin turns a test that prints its IMAP password into an error naming the kind, not the value."""
+    """The suite-wide plugin errors a test whose output, or a subprocess's log, holds its IMAP password; it names the kind."""
     (tmp_path / "test_leaky.py").write_text(textwrap.dedent("""
         from tests.fixtures.dovecot import dovecot, imap_user  # noqa: F401
 
         def test_prints_password(imap_user):
             print("debug:", imap_user.password)
+
+        def test_subprocess_logs_password(imap_user):
+            import subprocess, sys
+            code = "import logging; from syncd import log; log.configure(); logging.getLogger('x').warning('pw %s', sys.argv[1])"
+            subprocess.run([sys.executable, "-c", "import sys; " + code, imap_user.password], capture_output=True, check=True)
     """))
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.fixtures.secret_scan",
                            "--rootdir", str(tmp_path), str(tmp_path / "test_leaky.py")],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 1, done.stdout + done.stderr
-    assert "secret scan" in done.stdout and "holds: IMAP password" in done.stdout
+    assert done.stdout.count("holds: IMAP password") == 2, done.stdout  # the print, and the subprocess's log line
