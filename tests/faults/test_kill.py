@@ -1,7 +1,7 @@
 """Crash safety: `syncd once` / `syncd run` SIGKILLed at named points and random moments, restarted, until done.
 
 Afterwards the CRM must hold exactly what a fault-free run of the same mail produces: no
-loss, no duplicate, no stray. CI runs 30 kills of `syncd once` and 7 of `syncd run`;
+loss, no duplicate, no stray. CI runs 24 kills of `syncd once` and 6 of `syncd run`;
 ``SYNCD_SOAK=N`` multiplies them (``SYNCD_FAULT_KILLS=K`` sets the `once` kills outright) and
 ``SYNCD_FAULT_SEED=S`` replays a run's corpus and kill plan. ``bench/faults.py`` prints the
 same figures for hundreds of kills.
@@ -30,7 +30,7 @@ from tests.faults.harness import (
     syncd,
 )
 
-KILLS = int(os.environ.get("SYNCD_FAULT_KILLS", 30 * SOAK))
+KILLS = int(os.environ.get("SYNCD_FAULT_KILLS", 24 * SOAK))
 BATCH = 20
 """Messages added per round: small enough that a round takes several kills to finish."""
 
