@@ -38,6 +38,7 @@ from syncd.settings import (
 )
 
 DEFAULT_PATH = Path("/etc/syncd/syncd.toml")
+METRICS_LISTEN_ENV = "SYNCD_METRICS_LISTEN"
 DEFAULT_LEDGER = Path("/var/lib/syncd/ledger.sqlite3")
 
 
@@ -369,14 +370,19 @@ def _oauth(t: _MailboxTable, file: str, prefix: str, secret: _SecretReader, prob
     return OAuthSettings(url, t.oauth_client_id, client_secret, refresh_token, t.oauth_scope)
 
 
-def _metrics(raw: dict[str, Any], file: str, problems: list[Problem]) -> MetricsSettings:
+def _metrics(raw: dict[str, Any], file: str, problems: list[Problem], env: Mapping[str, str]) -> MetricsSettings:
+    """``[metrics]``; ``$SYNCD_METRICS_LISTEN`` overrides ``listen``, so ``syncd@`` instances can each take a port."""
+    key = "metrics.listen"
     try:
         t = _MetricsTable.model_validate(raw)
-        return MetricsSettings(listen=parse_listen(t.listen) if t.listen else None)
+        listen = t.listen
+        if env.get(METRICS_LISTEN_ENV):
+            listen, key = env[METRICS_LISTEN_ENV], f"${METRICS_LISTEN_ENV}"
+        return MetricsSettings(listen=parse_listen(listen) if listen else None)
     except ValidationError as err:
         problems.extend(_problems_from(err, file, "metrics"))
     except ValueError as exc:
-        problems.append(Problem(file, "metrics.listen", str(exc), 'write it as "127.0.0.1:9310" (or a bare port: loopback)'))
+        problems.append(Problem(file, key, str(exc), 'write it as "127.0.0.1:9310" (or a bare port: loopback)'))
     return MetricsSettings()
 
 
@@ -411,7 +417,7 @@ def load(path: Path, env: Mapping[str, str] | None = None, only: Collection[str]
         ledger = None
 
     match = _match(main.match, file, "match", MatchSettings(modules=crm.modules if crm else ("Contacts", "Leads")), problems)
-    metrics = _metrics(main.metrics, file, problems)
+    metrics = _metrics(main.metrics, file, problems, env)
     mailboxes = [_mailbox(m, file, f"mailbox[{i}]", secret, problems, match) for i, m in enumerate(main.mailbox) if _wanted(m, only)]
     for extra in sorted((base / "mailboxes.d").glob("*.toml")):
         doc = _read_toml(extra, problems)

@@ -78,6 +78,18 @@ def test_bad_listen_is_a_config_error_and_no_metrics_table_means_no_endpoint(con
     assert done.returncode == 2 and f"{config_file}: metrics.listen" in done.stderr
 
 
+def test_environment_overrides_listen_for_one_instance(config_file: Path):  # noqa: F811
+    """$SYNCD_METRICS_LISTEN replaces [metrics] listen (one port per syncd@ instance); a bad value names the variable."""
+    from syncd import config
+    from syncd.errors import ConfigError
+
+    config_file.write_text(config_file.read_text() + '\n[metrics]\nlisten = "9310"\n')
+    assert config.load(config_file, env={"SYNCD_METRICS_LISTEN": "127.0.0.1:9311"}).metrics.listen == ("127.0.0.1", 9311)
+    assert config.load(config_file, env={}).metrics.listen == ("127.0.0.1", 9310)
+    with pytest.raises(ConfigError, match=r"\$SYNCD_METRICS_LISTEN: .* is not HOST:PORT"):
+        config.load(config_file, env={"SYNCD_METRICS_LISTEN": "nine"})
+
+
 def test_pass_counts_messages_per_mailbox_and_crm_calls_per_endpoint(app: App, imap_user: ImapUser,
                                                                      crm_server: SandboxServer):
     """A pass counts verdicts per mailbox and state, CRM calls and latency per endpoint, and the credits left."""
