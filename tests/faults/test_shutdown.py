@@ -16,7 +16,7 @@ import pytest
 from bench.corpus import OWN
 from tests.faults.harness import Mailbox, RecordingSandbox, query, syncd, syncd_command, wait_for
 
-IN_FLIGHT = 3.0
+IN_FLIGHT = 5.0
 """How long the sandbox holds the first associate_email answer: the window in which the signals arrive."""
 
 
