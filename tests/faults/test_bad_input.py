@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import email
 import email.utils
-import os
 import random
 import sqlite3
 from collections import Counter
@@ -22,13 +21,13 @@ from imapclient.exceptions import IMAPClientError
 
 from syncd.ledger import FINAL
 from syncd.sandbox import SandboxServer
+from tests.faults.conftest import SOAK
 from tests.faults.daemon import copies, write_config
 from tests.fixtures.dovecot import ImapUser
 from tests.test_pipeline import OWN, PNG, syncd
 
 BOUNCES = Path("/usr/lib/python3/dist-packages/flufl/bounce/tests/data")
 """Debian's python3-flufl.bounce: real bounce messages from many MTAs (tests/run installs it)."""
-SOAK = max(1, int(os.environ.get("SYNCD_SOAK", "1")))
 
 
 def _rows(config: Path) -> list[tuple[str, str, str]]:

@@ -7,7 +7,6 @@ nothing lost, nothing sent twice, the daemon goes on and drains its backlog by i
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import threading
 import time
@@ -24,12 +23,12 @@ from syncd.ledger.sqlite import SqliteLedger
 from syncd.pipeline import PassReport
 from syncd.sandbox import SandboxServer
 from syncd.settings import LedgerSettings, Settings
+from tests.faults.conftest import SOAK
 from tests.faults.daemon import all_final, copies, daemon, ledger_states, new_user, wait_for, write_config
 from tests.fixtures.crm import CONTACTS, LEADS, settings_for
 from tests.fixtures.dovecot import Dovecot, ImapUser
 from tests.test_pipeline import OWN, mail, syncd
 
-SOAK = max(1, int(os.environ.get("SYNCD_SOAK", "1")))
 PEOPLE = ["bob@example.com", "lena@prospect.example", "jacob@example.com"]
 
 

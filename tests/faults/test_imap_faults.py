@@ -12,9 +12,11 @@ from pathlib import Path
 from syncd.ledger.sqlite import SqliteLedger
 from syncd.sandbox import SandboxServer
 from syncd.source.imap import ImapSource
+from tests.faults.conftest import SOAK
 from tests.faults.daemon import all_final, copies, daemon, wait_for, write_config
 from tests.fixtures.dovecot import Dovecot, ImapUser
 from tests.test_pipeline import OWN, mail, syncd
+
 
 
 def _mails(prefix: str, n: int, *, sender: str = "bob@example.com") -> list[bytes]:
@@ -166,11 +168,11 @@ def _uidvalidity(user: ImapUser, folder: str) -> int:
 
 def test_uidvalidity_resets_rescan_and_resend_nothing(tmp_path: Path, dovecot: Dovecot, imap_user: ImapUser,
                                                       crm_server: SandboxServer):
-    """Five forced UIDVALIDITY changes: each pass rescans, new mail still arrives, not one associate call is repeated."""
+    """Forced UIDVALIDITY changes (3, SYNCD_SOAK=N: 3N): each pass rescans, new mail still arrives, no associate call is repeated."""
     config = write_config(tmp_path / "syncd.toml", crm_server, {"sales": imap_user})
     imap_user.append_many("INBOX", _mails("u", 8))
     assert syncd("once", "-c", str(config)).returncode == 0
-    resets = 5
+    resets = 3 * SOAK
     for k in range(resets):
         before = _uidvalidity(imap_user, "INBOX")
         dovecot.doveadm("mailbox", "update", "-u", imap_user.username, "--uid-validity", str(before + 1000), "INBOX")
