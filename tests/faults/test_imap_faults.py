@@ -4,6 +4,7 @@ UIDVALIDITY resets. Nothing is lost, nothing is sent twice, the other folders an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -81,6 +82,70 @@ timeout = 1
     assert done.returncode == 1
     assert "silent" in done.stdout and "timed out" in (done.stdout + done.stderr)
     assert _ids(crm_server) == ["t0@imap.example", "t1@imap.example"]
+
+
+class StallingProxy:
+    """A TCP relay to Dovecot whose open connections can be frozen: no byte lost, none delivered, no close
+    (a dead NAT entry or a hung server). Connections opened afterwards work again."""
+
+    def __init__(self, port: int):
+        self._upstream = ("127.0.0.1", port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._generation = 0
+        self._frozen = -1
+        self._closed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def freeze(self) -> None:
+        """Every connection open now stops relaying for good."""
+        self._frozen = self._generation
+
+    def close(self) -> None:
+        self._closed.set()
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            self._generation += 1
+            upstream = socket.create_connection(self._upstream)
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst, self._generation), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, generation: int) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if generation <= self._frozen:
+                    self._closed.wait()  # hold the bytes: the peer waits until its own timeout
+                    return
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+
+def test_connection_that_hangs_mid_run_times_out_and_the_next_poll_goes_on(tmp_path: Path, imap_user: ImapUser,
+                                                                            crm_server: SandboxServer):
+    """An IMAP connection frozen mid-run (no answer, no close) times out after the mailbox's timeout; the next poll reconnects and every message lands once."""
+    proxy = StallingProxy(imap_user.port)
+    try:
+        config = write_config(tmp_path / "syncd.toml", crm_server, {"sales": imap_user}, extra="batch_size = 2\n")
+        config.write_text(config.read_text().replace(f"port = {imap_user.port}", f"port = {proxy.port}")
+                          .replace("timeout = 5\n", "timeout = 2\n"))
+        imap_user.append_many("INBOX", _mails("h", 12))
+        with daemon(config) as d:
+            wait_for(lambda: len(crm_server.received()) >= 3, "3 messages in", proc=d.proc)
+            proxy.freeze()
+            wait_for(lambda: len(crm_server.received()) == 12 and all_final(config, 12), "12 messages final",
+                     proc=d.proc)
+    finally:
+        proxy.close()
+    assert max(copies(crm_server).values()) == 1
+    failed = [e for e in d.events if e.get("event") == "pass_failed"]
+    assert failed and "timed out" in failed[0]["error"]
 
 
 # -- folders and messages that disappear --------------------------------------------------------------
