@@ -429,6 +429,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
+        if len(body) < length:
+            # The client died mid-request (a killed process): Zoho never sees such a request either.
+            self.close_connection = True
+            return
         request = Request(self.command, url.path, parse_qs(url.query), dict(self.headers.items()), body)
         fault = self.sandbox.take_fault(request.method, request.path)
         if fault is not None and fault.delay:
