@@ -54,10 +54,12 @@ class PassReport:
     """The class of the last error (``FolderError``, ``CrmOrgError``, ...): what ``syncd status`` advises on."""
     details: list[tuple[str, str, State, str]] = field(default_factory=list)
     """(folder, subject, state, reason) per message handled, for the demo's summary."""
+    deferred: int = 0
+    """Messages left alone because their retry time has not come: not final, so the pass is not complete."""
 
     @property
     def complete(self) -> bool:
-        return not self.errors and all(s in FINAL for s in self.states)
+        return not self.errors and not self.deferred and all(s in FINAL for s in self.states)
 
 
 class MailboxSync:
@@ -121,6 +123,7 @@ class MailboxSync:
         now = datetime.now(UTC)
         waiting = self._retro.due(name, uidvalidity)
         todo = sorted(set(due) | waiting | {u for u in new if not _settled(known.get(u), now)})
+        report.deferred += sum(1 for u, row in known.items() if row.state == State.RETRY and u not in todo)
         verdicts = {u: row.state for u, row in known.items()}
         metrics.folder_started(self.mailbox.name, name, len(todo))
         transient_in_a_row = 0

@@ -28,7 +28,8 @@ def print_pass_summary(reports: Sequence[PassReport], calls: Mapping[str, int], 
             for folder, subject, state, reason in r.details:
                 click.echo(f"{r.mailbox}/{folder}  {state:<11}  {_cut(subject or '(no subject)', 50):<50}  {_cut(reason, 70)}")
     for r in reports:
-        states = ", ".join(f"{n} {s}" for s, n in sorted(r.states.items())) or "nothing new"
+        states = ", ".join([f"{n} {s}" for s, n in sorted(r.states.items())]
+                           + ([f"{r.deferred} waiting to be retried"] if r.deferred else [])) or "nothing new"
         click.echo(f"mailbox {r.mailbox}: {states}")
         for error in r.errors:
             click.echo(f"  error: {error}")

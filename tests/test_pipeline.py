@@ -176,6 +176,21 @@ def test_crm_outage_leaves_messages_for_retry_then_delivers_once(config_file: Pa
     assert [e.original_message_id for e in crm_server.received()] == ["o1@x"]
 
 
+def test_once_stays_incomplete_while_a_message_waits_for_its_retry_time(config_file: Path, imap_user: ImapUser,
+                                                                        crm_server: SandboxServer):
+    """A message left in retry is not final: a pass before its retry time exits 1 and says so, sending nothing."""
+    config_file.write_text(config_file.read_text().replace("poll_interval = 1", "poll_interval = 600"))
+    imap_user.append("INBOX", bytes(mail("bob@example.com", OWN, "Later", message_id="<w1@x>")))
+    crm_server.inject(r"associate_email", status=503)
+    assert syncd("once", "-c", str(config_file)).returncode == 1
+    waiting = syncd("once", "-c", str(config_file))
+    assert waiting.returncode == 1 and "1 waiting to be retried" in waiting.stdout, waiting.stdout
+    assert crm_server.received() == []
+    assert syncd("ledger", "retry", "-c", str(config_file)).returncode == 0
+    assert syncd("once", "-c", str(config_file)).returncode == 0
+    assert [e.original_message_id for e in crm_server.received()] == ["w1@x"]
+
+
 def test_lost_answer_is_resent_and_recognised_as_duplicate(config_file: Path, imap_user: ImapUser,
                                                            crm_server: SandboxServer):
     """When the connection drops after Zoho stored the email, the resend gets DUPLICATE_DATA: one copy in the CRM."""

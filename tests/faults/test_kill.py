@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import secrets
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,7 @@ from tests.faults.harness import (
     run_killed,
     syncd,
 )
+from tests.fixtures.dovecot import Dovecot, ImapUser
 
 KILLS = int(os.environ.get("SYNCD_FAULT_KILLS", 24 * SOAK))
 BATCH = 20
@@ -91,6 +93,23 @@ def test_random_kills_of_syncd_once_lose_and_duplicate_nothing(mailbox: Mailbox,
         tally.add(crash_until_done(config, rng))
     assert set(tally.kills) >= set(POINTS), f"every crash point must be hit at least once: {tally.line()}"
     assert_exactly_once(crm, mailbox, config, faults=tally.killed, note=tally.line())
+    assert_no_gaps(config)
+
+
+@pytest.mark.timeout(120 + 3 * KILLS)
+def test_random_kills_with_the_same_mail_in_two_mailboxes(mailbox: Mailbox, crm: RecordingSandbox, dovecot: Dovecot):
+    """Every message also in a second mailbox, both synced in parallel and killed at random: each association still once."""
+    colleague = ImapUser(dovecot, f"u{secrets.token_hex(4)}", secrets.token_urlsafe(12))
+    dovecot.add_user(colleague.username, colleague.password)
+    mailbox.copy = colleague
+    rng = random.Random(SEED + 2)
+    config = mailbox.config(crm)
+    tally = Tally()
+    while tally.killed < max(KILLS // 2, 5):
+        mailbox.add(BATCH)
+        tally.add(crash_until_done(config, rng, deferrals=True))
+    # Both mailboxes' passes run at once: a kill can hide one send's outcome in each.
+    assert_exactly_once(crm, mailbox, config, faults=2 * tally.killed, note=tally.line())
     assert_no_gaps(config)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -191,3 +192,14 @@ def test_injected_faults(crm_server: SandboxServer, http: httpx.Client) -> None:
     with pytest.raises(httpx.TransportError):
         http.get("/crm/v8/users", params={"type": "CurrentUser"})
     assert http.get("/crm/v8/users", params={"type": "CurrentUser"}).json()["users"][0]["email"] == "admin@sandbox.example"
+
+
+def test_request_cut_short_by_its_client_is_never_processed(crm_server: SandboxServer) -> None:
+    """A body shorter than its Content-Length (the client died mid-send) is dropped unanswered: no request, no violation."""
+    host, port = crm_server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"POST /crm/v8/files HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                     b"Content-Length: 1000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"fi")
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(1024) == b""  # closed without an answer once the server has seen the end
+    assert crm_server.requests == [] and crm_server.violations == []
