@@ -17,7 +17,6 @@ from datetime import UTC, date, datetime
 import structlog
 
 from syncd import faultpoints, metrics
-from syncd import metrics
 from syncd.associate import Deliverer, Verdict, retry_time
 from syncd.email import Email
 from syncd.errors import CrmOrgError, CrmTransientError, FolderError, LedgerError, ParseError, SourceError
