@@ -52,7 +52,11 @@ class _LocalSource:
         self._index: dict[int, _Entry] | None = None
 
     def __enter__(self) -> _LocalSource:
-        if not self.path.exists():
+        try:
+            found = self.path.exists()
+        except PermissionError as e:
+            raise SourceError(f"mailbox {self.settings.name!r}: cannot reach {self.path}: {e}") from e
+        if not found:
             raise SourceError(f"mailbox {self.settings.name!r}: {self.path} does not exist")
         return self
 
@@ -64,7 +68,12 @@ class _LocalSource:
 
     def select(self, folder: str) -> Selected:
         self._index = None
-        entries, uidvalidity = self._scan(folder)
+        try:
+            entries, uidvalidity = self._scan(folder)
+        except PermissionError as e:
+            # Path.is_dir() and glob() raise EACCES rather than answer False
+            raise SourceError(f"mailbox {self.settings.name!r}: cannot read folder {folder!r}: {e}; "
+                              "make it readable by the user syncd runs as") from e
         self._index = dict(enumerate(entries, start=1))
         return Selected(folder, uidvalidity, len(entries))
 

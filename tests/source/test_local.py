@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,3 +72,22 @@ def test_mbox_replaced_after_select(tmp_path: Path) -> None:
         with pytest.raises(SourceError, match="replaced"):
             list(source.fetch([1]))
         assert source.select("old").uidvalidity != before.uidvalidity
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root to drop to nobody")
+def test_unreadable_maildir_folder_is_a_source_error(tmp_path: Path) -> None:
+    """A Maildir folder syncd may not read gives a SourceError naming it, not a crash of the pass."""
+    root = tmp_path / "m"
+    for sub in ("cur", "new", "tmp"):
+        (root / sub).mkdir(parents=True)
+    tmp_path.chmod(0o755)
+    root.chmod(0o700)  # owned by root: nobody cannot look inside
+    code = (
+        "from pathlib import Path; from syncd.settings import MailboxSettings; "
+        "from syncd.source.maildir import MaildirSource; from syncd.errors import SourceError\n"
+        f"s = MaildirSource(MailboxSettings(name='m', maildir=Path({str(root)!r})))\n"
+        "try:\n    s.__enter__(); s.select('INBOX')\nexcept SourceError as e:\n    print('SourceError:', e)\n"
+    )
+    done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code],
+                          capture_output=True, text=True, cwd=Path(__file__).parents[2])
+    assert done.stdout.startswith("SourceError: mailbox 'm': cannot"), done.stdout + done.stderr
