@@ -117,9 +117,9 @@ class MailboxSync:
         new = source.uids_after(last)
         if since is not None:
             self._leave_out(source, name, uidvalidity, new, since)
-        due = self._ledger.due(self.mailbox.name, name, uidvalidity, datetime.now(UTC))
-        known = self._ledger.message_states(self.mailbox.name, name, uidvalidity, new)
         now = datetime.now(UTC)
+        due = self._ledger.due(self.mailbox.name, name, uidvalidity, now)
+        known = self._ledger.message_states(self.mailbox.name, name, uidvalidity, new)
         waiting = self._retro.due(name, uidvalidity)
         todo = sorted(set(due) | waiting | {u for u in new if not _settled(known.get(u), now)})
         report.deferred += sum(1 for u, row in known.items() if row.state == State.RETRY and u not in todo)
@@ -171,10 +171,10 @@ class MailboxSync:
     def _handle(self, key: MessageKey, folder: Folder, raw: RawMessage, report: PassReport) -> Verdict:
         email: Email | None = None
         try:
-            email, verdict = self._process(key, folder, raw)
+            email, verdict = self._read(folder, raw)
+            if verdict is None:
+                verdict = self._decide(key, folder, email)
         except CrmOrgError as exc:
-            # It got as far as the CRM, so it parses: keep its Message-ID for `ledger show` and `ledger retry`.
-            email = email or _parsed(raw)
             # Due at once: the next poll probes the CRM with this message, so the backlog
             # drains by itself as soon as the operator has fixed the cause.
             self._record(key, email, raw, Verdict(State.RETRY, f"CRM paused: {exc}", datetime.now(UTC)), report)
@@ -187,8 +187,8 @@ class MailboxSync:
         self._record(key, email, raw, verdict, report)
         return verdict
 
-    def _process(self, key: MessageKey, folder: Folder, raw: RawMessage) -> tuple[Email | None, Verdict]:
-        """The ordered steps for one message; the first that decides ends it."""
+    def _read(self, folder: Folder, raw: RawMessage) -> tuple[Email | None, Verdict | None]:
+        """Size cap, parse, drafts: the steps that need no CRM. A verdict here ends the message."""
         draft = draft_reason(raw.flags, drafts_folder=folder.drafts)
         if raw.data is None:
             return self._too_large(raw)
@@ -199,24 +199,27 @@ class MailboxSync:
         if draft:
             return email, Verdict(State.SKIPPED, draft)
         structlog.contextvars.bind_contextvars(message_id=email.message_id)
+        return email, None
+
+    def _decide(self, key: MessageKey, folder: Folder, email: Email) -> Verdict:
+        """Direction, filter, match, deliver to each record: the first step that decides ends it."""
         own, policy = self.mailbox.addresses, self.mailbox.match
         sent = is_sent(email, sent_folder=folder.sent, own=own, policy=policy)
         reason = skip_reason(email, sent=sent, own=own, policy=policy)
         if reason:
-            return email, Verdict(State.SKIPPED, reason)
+            return Verdict(State.SKIPPED, reason)
         try:
             found = self._matcher.match(counterparts(email, sent=sent, own=own, policy=policy), policy)
         except CrmTransientError as exc:
-            return email, Verdict(State.RETRY, f"record lookup failed: {exc}",
-                                 retry_time(exc, 1, base=self._deliverer.retry_base))
+            return Verdict(State.RETRY, f"record lookup failed: {exc}", retry_time(exc, 1, base=self._deliverer.retry_base))
         if not found.records:
             self._retro.note(key, found)
-            return email, Verdict(State.UNMATCHED, found.reason)
+            return Verdict(State.UNMATCHED, found.reason)
         verdicts = [self._deliverer.deliver(email, r, sent=sent) for r in found.records]
         verdict = _combine(verdicts, found.records)
         if verdict.state == State.DONE:
-            return email, replace(verdict, reason=found.reason)
-        return email, replace(verdict, reason=f"{verdict.reason} ({found.reason})")
+            return replace(verdict, reason=found.reason)
+        return replace(verdict, reason=f"{verdict.reason} ({found.reason})")
 
     def _too_large(self, raw: RawMessage) -> tuple[Email | None, Verdict]:
         """Not fetched, not lost: quarantined under its own Message-ID (from the header alone) until the cap is raised."""
@@ -250,13 +253,6 @@ class MailboxSync:
                 break
             top = uid
         self._ledger.set_checkpoint(self.mailbox.name, folder, Checkpoint(uidvalidity, top))
-
-
-def _parsed(raw: RawMessage) -> Email | None:
-    try:
-        return parse_message(raw.data, internaldate=raw.internaldate) if raw.data is not None else None
-    except ParseError:
-        return None
 
 
 def _settled(row, now: datetime) -> bool:
