@@ -240,7 +240,7 @@ def sandbox(host: str, port: int, seed: Path | None) -> None:
 
 @main.group()
 def ledger() -> None:
-    """Inspect the ledger: list, show, retry, forget."""
+    """Inspect the ledger: list, show, retry, forget, verify."""
 
 
 def _open_ledger(settings: Settings):
