@@ -15,7 +15,7 @@ from syncd.deals import DealPredictor
 from syncd.owner import MailboxOwner
 from syncd.crm import Crm
 from syncd.crm.zoho import ZohoCrm
-from syncd.errors import SyncdError
+from syncd.errors import MailboxBusy, SyncdError
 from syncd.ledger.sqlite import SqliteLedger
 from syncd.lookup import RecordLookup
 from syncd.match import Matcher
@@ -56,6 +56,8 @@ class App:
         and the ledger's poll record (what ``syncd status`` shows)."""
         report = self._pass(name, since)
         metrics.pass_done(name, complete=report.complete, failed=bool(report.errors))
+        if report.error_kind == MailboxBusy.__name__:
+            return report  # this process did not poll: the lock holder's own record stands
         try:
             self.ledger.record_poll(name, error="; ".join(report.errors), error_kind=report.error_kind)
         except SyncdError as exc:
@@ -65,6 +67,9 @@ class App:
     def _pass(self, name: str, since: date | None) -> PassReport:
         try:
             return self.syncs[name].run_pass(since)
+        except MailboxBusy as exc:
+            log.warning("mailbox_busy", mailbox=name, error=str(exc))
+            return PassReport(name, errors=[str(exc)], error_kind=MailboxBusy.__name__)
         except SyncdError as exc:
             log.error("pass_failed", mailbox=name, error=str(exc), kind=type(exc).__name__)
             report = PassReport(name, error_kind=type(exc).__name__)

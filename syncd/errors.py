@@ -15,6 +15,7 @@ at the boundary; everything above them only ever sees a ``SyncdError``.
     │   ├── CrmOrgError        org-wide (auth, scope, permission, storage): pause CRM work
     │   └── CrmRejected        this one request is refused (INVALID_DATA, ...): quarantine
     └── LedgerError            the ledger cannot be read or written
+        └── MailboxBusy        another process is syncing this mailbox into the same ledger
 """
 
 from __future__ import annotations
@@ -96,3 +97,7 @@ class CrmRejected(CrmError):
 
 class LedgerError(SyncdError):
     """The ledger cannot be opened, read or written."""
+
+
+class MailboxBusy(LedgerError):
+    """Another syncd process holds this mailbox's lock on the same ledger: this pass is skipped."""

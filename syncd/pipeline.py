@@ -86,7 +86,7 @@ class MailboxSync:
         """One pass; ``since`` makes it a backfill of the mail received on or after that day (see ``_leave_out``)."""
         report = PassReport(self.mailbox.name)
         with structlog.contextvars.bound_contextvars(mailbox=self.mailbox.name):
-            with self._open(self.mailbox) as source:
+            with self._ledger.hold(self.mailbox.name), self._open(self.mailbox) as source:
                 for folder in source.folders():
                     if self._stopping.is_set():
                         break

@@ -29,7 +29,8 @@ def print_pass_summary(reports: Sequence[PassReport], calls: Mapping[str, int], 
                 click.echo(f"{r.mailbox}/{folder}  {state:<11}  {_cut(subject or '(no subject)', 50):<50}  {_cut(reason, 70)}")
     for r in reports:
         states = ", ".join([f"{n} {s}" for s, n in sorted(r.states.items())]
-                           + ([f"{r.deferred} waiting to be retried"] if r.deferred else [])) or "nothing new"
+                           + ([f"{r.deferred} waiting to be retried"] if r.deferred else [])) or (
+            "not synced" if r.errors else "nothing new")
         click.echo(f"mailbox {r.mailbox}: {states}")
         for error in r.errors:
             click.echo(f"  error: {error}")

@@ -276,3 +276,57 @@ def test_run_stops_cleanly_on_sigterm(config_file: Path, imap_user: ImapUser, cr
             proc.kill()
     events = [json.loads(line)["event"] for line in proc.stderr.read().splitlines() if line.startswith("{")]
     assert "stopping" in events and events[-1] == "stopped"
+
+
+def test_once_beside_a_running_daemon_leaves_its_mailbox_alone(config_file: Path, imap_user: ImapUser,
+                                                               crm_server: SandboxServer):
+    """`syncd once` while `syncd run` is mid-pass on the same mailbox and ledger sends nothing, names the daemon's
+    pid and exits 1; once the daemon is gone (even SIGKILLed), `once` delivers the message exactly once."""
+    config_file.write_text(config_file.read_text().replace("timeout = 5", "timeout = 120"))
+    imap_user.append("INBOX", bytes(mail("bob@example.com", OWN, "Busy", message_id="<busy@x>")))
+    crm_server.inject(r"associate_email", status=503, delay=600)  # the daemon's send hangs: it stays mid-pass
+    lock = config_file.parent / "ledger.sqlite3-sales.lock"
+    proc = subprocess.Popen([sys.executable, "-m", "syncd", "run", "-c", str(config_file)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not (lock.exists() and f"pid {proc.pid}:" in lock.read_text()):
+            assert time.monotonic() < deadline and proc.poll() is None, "the daemon never took the mailbox"
+            time.sleep(0.05)
+        busy = syncd("once", "-c", str(config_file))
+        assert busy.returncode == 1, busy.stdout + busy.stderr
+        assert f"pid {proc.pid}: syncd run" in busy.stdout and "mailbox sales: not synced" in busy.stdout
+        assert crm_server.received() == []
+    finally:
+        proc.kill()
+        proc.wait()
+    done = syncd("once", "-c", str(config_file))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [e.original_message_id for e in crm_server.received()] == ["busy@x"]
+
+
+def test_daemon_waits_out_a_mailbox_held_by_another_process(config_file: Path, imap_user: ImapUser,
+                                                            crm_server: SandboxServer, lock_holder, tmp_path: Path):
+    """`syncd run` finding its mailbox held elsewhere logs mailbox_busy, keeps polling, and delivers once it is free."""
+    imap_user.append("INBOX", bytes(mail("bob@example.com", OWN, "Held", message_id="<held@x>")))
+    holder = lock_holder(config_file.parent / "ledger.sqlite3", "sales")
+    log = tmp_path / "run.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "syncd", "--log-format", "json", "run", "-c", str(config_file)],
+                                stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.monotonic() + 30
+        while '"mailbox_busy"' not in log.read_text():
+            assert time.monotonic() < deadline and proc.poll() is None, "no mailbox_busy logged"
+            time.sleep(0.05)
+        assert crm_server.received() == []
+        holder.stdin.close()
+        while not crm_server.received():
+            assert time.monotonic() < deadline + 30 and proc.poll() is None, "not delivered after the release"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert [e.original_message_id for e in crm_server.received()] == ["held@x"]

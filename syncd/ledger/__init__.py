@@ -11,6 +11,7 @@ before its CRM write and finished after it, so a crash at any point leaves a
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -135,6 +136,10 @@ class Claim(StrEnum):
 
 
 class Ledger(Protocol):
+    def hold(self, mailbox: str) -> AbstractContextManager[None]:
+        """Exclusive right to sync ``mailbox`` for the block; ``MailboxBusy`` if another process has it."""
+        ...
+
     def checkpoint(self, mailbox: str, folder: str) -> Checkpoint | None: ...
 
     def set_checkpoint(self, mailbox: str, folder: str, checkpoint: Checkpoint) -> None: ...

@@ -30,6 +30,7 @@ from syncd.ledger import (
     State,
     placeholder_id,
 )
+from syncd.ledger.lock import hold_mailbox
 
 SCHEMA_VERSION = 4
 
@@ -194,6 +195,9 @@ class SqliteLedger:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def hold(self, mailbox: str) -> contextlib.AbstractContextManager[None]:
+        return hold_mailbox(self.path, mailbox)
 
     # --- folders -------------------------------------------------------------------------
 
