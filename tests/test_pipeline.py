@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 
 from syncd.sandbox import SandboxServer
 from tests.fixtures.dovecot import ImapUser
+from tests.fixtures.wait import wait_until
 
 PNG = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
@@ -265,9 +265,7 @@ def test_run_stops_cleanly_on_sigterm(config_file: Path, imap_user: ImapUser, cr
     proc = subprocess.Popen([sys.executable, "-m", "syncd", "--log-format", "json", "run", "-c", str(config_file)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 30
-        while not crm_server.received() and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)
+        wait_until(crm_server.received, "the message to be associated", proc=proc)
         assert [e.original_message_id for e in crm_server.received()] == ["run@x"]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
@@ -289,10 +287,8 @@ def test_once_beside_a_running_daemon_leaves_its_mailbox_alone(config_file: Path
     proc = subprocess.Popen([sys.executable, "-m", "syncd", "run", "-c", str(config_file)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        while not (lock.exists() and f"pid {proc.pid}:" in lock.read_text()):
-            assert time.monotonic() < deadline and proc.poll() is None, "the daemon never took the mailbox"
-            time.sleep(0.05)
+        wait_until(lambda: lock.exists() and f"pid {proc.pid}:" in lock.read_text(), "the daemon to take the mailbox",
+                   proc=proc)
         busy = syncd("once", "-c", str(config_file))
         assert busy.returncode == 1, busy.stdout + busy.stderr
         assert f"pid {proc.pid}: syncd run" in busy.stdout and "mailbox sales: not synced" in busy.stdout
@@ -315,15 +311,10 @@ def test_daemon_waits_out_a_mailbox_held_by_another_process(config_file: Path, i
         proc = subprocess.Popen([sys.executable, "-m", "syncd", "--log-format", "json", "run", "-c", str(config_file)],
                                 stdout=subprocess.DEVNULL, stderr=err)
     try:
-        deadline = time.monotonic() + 30
-        while '"mailbox_busy"' not in log.read_text():
-            assert time.monotonic() < deadline and proc.poll() is None, "no mailbox_busy logged"
-            time.sleep(0.05)
+        wait_until(lambda: '"mailbox_busy"' in log.read_text(), "mailbox_busy to be logged", proc=proc)
         assert crm_server.received() == []
         holder.stdin.close()
-        while not crm_server.received():
-            assert time.monotonic() < deadline + 30 and proc.poll() is None, "not delivered after the release"
-            time.sleep(0.05)
+        wait_until(crm_server.received, "the delivery after the release", proc=proc)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
     finally:

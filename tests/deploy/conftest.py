@@ -9,8 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,15 +20,6 @@ from tests.fixtures.dovecot import ImapUser
 
 slow = pytest.mark.skipif(os.environ.get("SYNCD_SLOW_TESTS") != "1",
                           reason="slow deployment test: run with SYNCD_SLOW_TESTS=1")
-
-
-def wait_until(condition: Callable[[], object], what: str, timeout: float = 30.0) -> None:
-    """Poll ``condition`` until it holds, failing with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
 
 
 @dataclass

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from syncd.sandbox import SandboxServer
-from tests.deploy.conftest import Deployment, deployment, imap_of, slow, wait_until
+from tests.deploy.conftest import Deployment, deployment, imap_of, slow
+from tests.fixtures.wait import wait_until
 from tests.deploy.images import need, podman_base, podman_env
 from tests.fixtures.dovecot import ImapUser
 from tests.test_pipeline import OWN, mail

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from syncd.sandbox import SandboxServer
-from tests.deploy.conftest import Deployment, NotifySocket, deployment, imap_of, wait_until
+from tests.deploy.conftest import Deployment, NotifySocket, deployment, imap_of
+from tests.fixtures.wait import wait_until
 from tests.fixtures.dovecot import ImapUser
 from tests.test_pipeline import OWN, mail
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from syncd.sandbox import SandboxServer
-from tests.deploy.conftest import deployment, imap_of, slow, wait_until
+from tests.deploy.conftest import deployment, imap_of, slow
+from tests.fixtures.wait import wait_until
 from tests.deploy.images import SYSTEMD, debian_tree, need
 from tests.fixtures.dovecot import ImapUser
 from tests.test_pipeline import OWN, mail

@@ -23,9 +23,8 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from pathlib import Path
@@ -381,12 +380,3 @@ def unfinished(ledger: Path) -> list[tuple]:
     marks = ",".join("?" * len(final))
     return query(ledger, f"SELECT 'message', message_id, state FROM messages WHERE state NOT IN ({marks}) UNION ALL "
                          f"SELECT 'delivery', message_id, state FROM deliveries WHERE state NOT IN ({marks})", final + final)
-
-
-def wait_for(predicate: Callable[[], object], what: str, *, timeout: float = 30.0) -> None:
-    """Poll ``predicate`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {timeout}s waiting for {what}")
-        time.sleep(0.02)

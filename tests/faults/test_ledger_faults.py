@@ -26,8 +26,8 @@ from tests.faults.harness import (
     reference,
     syncd,
     syncd_command,
-    wait_for,
 )
+from tests.fixtures.wait import wait_until
 
 
 @pytest.fixture
@@ -108,7 +108,7 @@ def test_full_disk_mid_pass_stops_sending_and_loses_nothing(mailbox: Mailbox, cr
     proc = subprocess.Popen(syncd_command("once", "-c", str(config)), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: any(p.endswith("/associate_email") for _, p in crm.arrived) or proc.poll() is not None,
+        wait_until(lambda: any(p.endswith("/associate_email") for _, p in crm.arrived) or proc.poll() is not None,
                  "the first associate_email")
         filler = fill(disk)
         _, err = proc.communicate(timeout=60)
@@ -141,12 +141,12 @@ def test_daemon_keeps_going_through_a_full_disk_and_drains_when_freed(mailbox: M
     with log.open("wb") as err:
         proc = subprocess.Popen(syncd_command("run", "-c", str(config)), stdout=subprocess.DEVNULL, stderr=err)
     try:
-        wait_for(lambda: any(p.endswith("/associate_email") for _, p in crm.arrived), "the first associate_email")
+        wait_until(lambda: any(p.endswith("/associate_email") for _, p in crm.arrived), "the first associate_email")
         filler = fill(disk)
-        wait_for(lambda: failed_polls(log) >= 2, "two polls failing on the full disk")
+        wait_until(lambda: failed_polls(log) >= 2, "two polls failing on the full disk")
         assert proc.poll() is None, "the daemon must keep going"
         filler.unlink()
-        wait_for(lambda: len(crm.received()) >= expected, "the backlog to drain", timeout=60)
+        wait_until(lambda: len(crm.received()) >= expected, "the backlog to drain", timeout=60)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
     finally:

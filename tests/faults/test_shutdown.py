@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from bench.corpus import OWN
-from tests.faults.harness import Mailbox, RecordingSandbox, query, syncd, syncd_command, wait_for
+from tests.faults.harness import Mailbox, RecordingSandbox, query, syncd, syncd_command
+from tests.fixtures.wait import wait_until
 
 IN_FLIGHT = 5.0
 """How long the sandbox holds the first associate_email answer: the window in which the signals arrive."""
@@ -36,7 +37,7 @@ def start_held(command: str, mailbox: Mailbox, crm: RecordingSandbox, hold: floa
     log = config.with_suffix(".log")
     with log.open("wb") as err:
         proc = subprocess.Popen(syncd_command(command, "-c", str(config)), stdout=subprocess.DEVNULL, stderr=err)
-    wait_for(lambda: associate_calls(crm) or proc.poll() is not None, "the first associate_email to arrive")
+    wait_until(lambda: associate_calls(crm) or proc.poll() is not None, "the first associate_email to arrive")
     assert proc.poll() is None, log.read_text()[-3000:]
     return proc, config
 
@@ -52,7 +53,7 @@ def states(config: Path) -> dict[str, str]:
 def stop(proc: subprocess.Popen, signum: int, log: Path) -> None:
     """Send ``signum`` and wait until syncd has logged that it took it (signals must not coalesce)."""
     proc.send_signal(signum)
-    wait_for(lambda: b'"shutdown_requested"' in log.read_bytes() or proc.poll() is not None, "syncd to take the signal")
+    wait_until(lambda: b'"shutdown_requested"' in log.read_bytes() or proc.poll() is not None, "syncd to take the signal")
 
 
 @pytest.mark.parametrize(("command", "signum"), [("once", signal.SIGTERM), ("run", signal.SIGTERM), ("run", signal.SIGINT)])
@@ -88,7 +89,7 @@ def test_second_signal_exits_at_once_and_the_cut_send_is_not_duplicated(command:
         proc.kill()
     assert crm.received() == [], "exited only after the held answer: not 'at once'"
     assert states(config) == {}
-    wait_for(crm.received, "the held send to land in the CRM after syncd is gone")
+    wait_until(crm.received, "the held send to land in the CRM after syncd is gone")
 
     finish = syncd("once", "-c", str(config))
     assert finish.returncode == 0, finish.stderr[-3000:]
