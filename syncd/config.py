@@ -209,15 +209,19 @@ class _SecretReader:
         return Secret("")
 
     def _from_file(self, path: Path, file: str, key: str) -> Secret:
+        """A secret that follows its file: a running syncd picks up a replaced token (``Secret.from_file``)."""
         path = path if path.is_absolute() else self.base / path
         try:
-            value = path.read_text(encoding="utf-8").strip()
+            secret = Secret.from_file(path)
         except OSError as exc:
             self.problems.append(Problem(file, key, f"cannot read {path}: {exc.strerror}", "check the path and its permissions"))
             return Secret("")
-        if not value:
+        except UnicodeDecodeError:
+            self.problems.append(Problem(file, key, f"{path} is not UTF-8 text", "write the secret into it as plain text"))
+            return Secret("")
+        if not secret:
             self.problems.append(Problem(file, key, f"{path} is empty", "write the secret into it"))
-        return Secret(value)
+        return secret
 
 
 def _resolve(base: Path, value: str | None) -> Path | None:

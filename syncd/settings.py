@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import structlog
+
 from syncd.log import redact
+
+_log = structlog.get_logger("syncd.settings")
 
 DATA_CENTERS: dict[str, tuple[str, str]] = {
     # data_center: (api_domain, accounts_url)
@@ -26,16 +32,80 @@ class Secret:
 
     Every value is also handed to ``syncd.log.redact`` on creation, so no log line of any
     command can print it, even where it slips into a library's message.
+
+    A secret read from a file (``Secret.from_file``: ``*_file`` keys, systemd credentials)
+    follows that file: ``reveal()`` stats it and reads it again when it is another file
+    (inode, size or modification time changed: rewritten in place, or swapped by a rename
+    or a symlink like a Kubernetes secret volume). A new non-empty value replaces the old
+    one; an empty or unreadable file keeps the last good value, with one warning per change
+    naming the path. ``reveal`` is called at logins and token refreshes only, so the stat is cheap.
     """
 
-    __slots__ = ("_value",)
+    __slots__ = ("_value", "_path", "_seen", "_problem", "_lock")
 
     def __init__(self, value: str):
         self._value = value
+        self._path: Path | None = None
+        self._seen: tuple[int, int, int] | None = None
+        """The identity of the file ``_value`` was read from."""
+        self._problem: tuple[object, str] | None = None
+        """The unusable file last warned about (its identity, the reason): one warning per change."""
+        self._lock: threading.Lock | None = None
         redact(value)
 
+    @classmethod
+    def from_file(cls, path: Path) -> Secret:
+        """The file's text without surrounding whitespace, re-read by ``reveal`` when the file changes.
+
+        Raises OSError when the file cannot be read, UnicodeDecodeError when it is not UTF-8.
+        """
+        path = path.absolute()
+        seen = _identity(path)  # before reading: a change after this stat is seen by the next reveal
+        secret = cls(_text(path))
+        secret._path, secret._seen, secret._lock = path, seen, threading.Lock()
+        return secret
+
+    @property
+    def path(self) -> Path | None:
+        """The file this secret follows; None for a value given directly."""
+        return self._path
+
     def reveal(self) -> str:
-        return self._value
+        if self._lock is None:
+            return self._value
+        with self._lock:  # several mailbox threads log in at once
+            self._follow()
+            return self._value
+
+    def _follow(self) -> None:
+        """Read the file again if it is not the one last read; an unusable file keeps the value."""
+        assert self._path is not None
+        seen: tuple[int, int, int] | None = None
+        try:
+            seen = _identity(self._path)
+            if seen == self._seen:
+                return
+            value = _text(self._path)
+        except OSError as exc:
+            self._unusable(seen, f"cannot read it ({exc.strerror or type(exc).__name__})")
+            return
+        except UnicodeDecodeError:
+            self._unusable(seen, "it is not UTF-8 text")
+            return
+        if not value:
+            self._unusable(seen, "it is empty")
+            return
+        redact(value)  # before anything could log it
+        self._seen, self._problem = seen, None
+        if value != self._value:
+            self._value = value
+            _log.info("secret_file_reloaded", path=str(self._path))
+
+    def _unusable(self, seen: tuple[int, int, int] | None, reason: str) -> None:
+        if self._problem != (seen, reason):
+            self._problem = (seen, reason)
+            _log.warning("secret_file_unusable", path=str(self._path), reason=reason,
+                         action="keeping the value read before; write the secret into the file")
 
     def __repr__(self) -> str:
         return "Secret('***')"
@@ -43,13 +113,25 @@ class Secret:
     __str__ = __repr__
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
+        return isinstance(other, Secret) and other.reveal() == self.reveal()
 
     def __hash__(self) -> int:
-        return hash(self._value)
+        # Equal secrets must hash alike, and a file-backed secret's value may change while it
+        # is a key (settings are hashed as dict keys): so no hash of the value. Few secrets exist.
+        return 0
 
     def __bool__(self) -> bool:
-        return bool(self._value)
+        return bool(self.reveal())
+
+
+def _identity(path: Path) -> tuple[int, int, int]:
+    """What tells one version of a file from the next (``stat`` follows symlinks, so a swapped link counts)."""
+    st = os.stat(path)
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _text(path: Path) -> str:
+    return path.read_text(encoding="utf-8").strip()
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,35 @@ def test_secrets_from_environment_and_credentials(tmp_path: Path):
     assert s.mailboxes[0].password.reveal() == "pw-env"
 
 
+def test_file_and_credential_secrets_follow_their_files(secrets: Path):
+    """*_file keys and systemd credentials give secrets that re-read a replaced file; inline and env ones stay put."""
+    creds = secrets / "creds"
+    creds.mkdir()
+    (creds / "refresh_token").write_text("1000.from-credential")
+    text = GOOD.replace('refresh_token = "1000.refresh.token"\n', "")
+    s = config.load(write(secrets, text), env={"CREDENTIALS_DIRECTORY": str(creds)})
+    assert s.crm.client_secret.path == secrets / "secrets" / "client_secret"
+    assert s.crm.refresh_token.path == creds / "refresh_token"
+    (secrets / "secrets" / "client_secret").write_text("new-client-secret\n")
+    (secrets / "secrets" / "sales").write_text("new-imap-password\n")
+    (creds / "refresh_token").write_text("1000.operator-wrote-a-new-one\n")
+    assert s.crm.client_secret.reveal() == "new-client-secret"
+    assert s.crm.refresh_token.reveal() == "1000.operator-wrote-a-new-one"
+    assert s.mailboxes[0].password.reveal() == "new-imap-password"
+    inline = config.load(write(secrets, GOOD), env={}).crm.refresh_token
+    assert inline.path is None and inline.reveal() == "1000.refresh.token"
+
+
+def test_unreadable_or_undecodable_secret_file_is_a_problem(secrets: Path):
+    """A *_file that is a directory or not UTF-8 is refused at load, naming the key."""
+    (secrets / "secrets" / "sales").write_bytes(b"\xffpass")
+    (secrets / "secrets" / "client_secret").unlink()
+    (secrets / "secrets" / "client_secret").mkdir()
+    found = {p.key: p for p in problems(write(secrets, GOOD))}
+    assert "cannot read" in found["crm.client_secret_file"].message
+    assert "not UTF-8" in found["mailbox[0].password_file"].message
+
+
 def test_every_problem_reported_at_once_with_file_key_and_fix(secrets: Path):
     """Several mistakes give one error listing each, naming the file, the key and the fix."""
     text = GOOD.replace('data_center = "eu"', 'data_center = "mars"').replace(

@@ -3,7 +3,9 @@
 Zoho allows about ten refreshes per ten minutes per refresh token, so the token is cached
 until shortly before it expires, only one refresh is ever in flight (other threads wait for
 its result instead of starting their own), and a failed refresh is remembered for a while
-rather than hammered. The HTTP call itself is the client's (``fetch``), which already maps
+rather than hammered — unless the client secret or refresh token it used has changed since
+(an operator wrote a new token into the ``*_file``): then the next call tries the new one at
+once. The HTTP call itself is the client's (``fetch``), which already maps
 transport faults to ``syncd.errors``; this module only reads what the token endpoint says.
 """
 
@@ -14,9 +16,13 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import structlog
+
 from syncd.errors import CrmError, CrmOrgError, CrmTransientError
 from syncd.log import redact_token
 from syncd.settings import DATA_CENTERS, CrmSettings
+
+log = structlog.get_logger("syncd.crm")
 
 TokenFetch = Callable[[Mapping[str, str]], Mapping[str, Any]]
 """POSTs the form to the token endpoint and returns the decoded JSON answer."""
@@ -24,6 +30,7 @@ TokenFetch = Callable[[Mapping[str, str]], Mapping[str, Any]]
 _EARLY = 300.0
 """Refresh this many seconds before the token expires, so no request carries a dying token."""
 _HOLD_ORG_FAILURE = 300.0
+"""A refused refresh (revoked token, wrong secret) is not asked again for this long with the same credentials."""
 _HOLD_TRANSIENT_MAX = 60.0
 """A 5xx or an unreachable token endpoint is tried again after 2, 4, 8 ... at most this many seconds."""
 
@@ -49,7 +56,8 @@ class TokenManager:
         self._token: str | None = None
         self._expires_at = 0.0
         self._api_domain: str | None = None
-        self._failure: tuple[CrmError, float] | None = None
+        self._failure: tuple[CrmError, float, tuple[str, str]] | None = None
+        """The failed refresh's error, until when it is held, and the (client secret, refresh token) it used."""
         self._transient_failures = 0
 
     def __repr__(self) -> str:
@@ -70,16 +78,18 @@ class TokenManager:
             now = self._clock()
             if self._token is not None and now < self._expires_at:
                 return self._token
-            if self._failure is not None and now < self._failure[1]:
-                raise self._failure[0]
+            held = self._held(now)
+            if held is not None:
+                raise held
+            credentials = self._credentials()
             try:
-                self._refresh(now)
+                self._refresh(now, credentials)
             except CrmError as exc:
                 hold = _HOLD_ORG_FAILURE
                 if isinstance(exc, CrmTransientError):
                     self._transient_failures += 1
                     hold = exc.retry_after or min(_HOLD_TRANSIENT_MAX, 2.0**self._transient_failures)
-                self._failure = (exc, now + hold)
+                self._failure = (exc, now + hold, credentials)
                 raise
             self._failure = None
             self._transient_failures = 0
@@ -89,7 +99,7 @@ class TokenManager:
     def holding_failure(self) -> bool:
         """True while a failed refresh is remembered: asking again now would only repeat its error."""
         with self._lock:
-            return self._failure is not None and self._clock() < self._failure[1]
+            return self._held(self._clock()) is not None
 
     def invalidate(self, token: str) -> None:
         """Zoho refused ``token``: drop it, unless another thread already replaced it."""
@@ -97,12 +107,31 @@ class TokenManager:
             if self._token == token:
                 self._token = None
 
-    def _refresh(self, now: float) -> None:
+    def _credentials(self) -> tuple[str, str]:
+        """The client secret and refresh token as configured now (a ``*_file`` is re-read when replaced)."""
+        return self._settings.client_secret.reveal(), self._settings.refresh_token.reveal()
+
+    def _held(self, now: float) -> CrmError | None:
+        """The error of a failed refresh while it is held; None once its time is up or its credentials changed."""
+        if self._failure is None or now >= self._failure[1]:
+            return None
+        error, _, used = self._failure
+        changed = [key for key, old, new in zip(("crm.client_secret", "crm.refresh_token"), used, self._credentials())
+                   if old != new]
+        if not changed:
+            return error
+        log.info("crm_credentials_changed", changed=changed, failed=error.code,
+                 action="refreshing the access token with the new credentials now")
+        self._failure = None
+        return None
+
+    def _refresh(self, now: float, credentials: tuple[str, str]) -> None:
+        client_secret, refresh_token = credentials
         form = {
             "grant_type": "refresh_token",
             "client_id": self._settings.client_id,
-            "client_secret": self._settings.client_secret.reveal(),
-            "refresh_token": self._settings.refresh_token.reveal(),
+            "client_secret": client_secret,
+            "refresh_token": refresh_token,
         }
         answer = self._fetch(form)
         error = answer.get("error")

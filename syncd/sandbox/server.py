@@ -177,8 +177,13 @@ class SandboxServer:
     # -- test controls --------------------------------------------------------------------
 
     def credentials(self) -> tuple[str, str, str]:
-        """(client_id, client_secret, refresh_token) this org accepts."""
+        """(client_id, client_secret, refresh_token) this org was created with (until that token is revoked)."""
         return self.org.client_id, self.org.client_secret, self.org.refresh_token
+
+    def grant_code(self) -> str:
+        """A Self Client grant code (the API console's "Generate Code"), to exchange at the token endpoint
+        with ``grant_type=authorization_code`` for a new refresh token."""
+        return self.org.grant_code()
 
     def seed(self, module: str, records: Iterable[Mapping[str, Any]]) -> list[str]:
         return self.org.seed(module, records)
@@ -246,6 +251,10 @@ class SandboxServer:
             if "access_token" in answer:
                 answer["api_domain"] = self.url
             return Response(200, answer)
+        if request.path == "/oauth/v2/token/revoke" and request.method == "POST":
+            if self.org.revoke(request.arg("token")):
+                return Response(200, {"status": "success"})
+            return Response(400, {"status": "failure"})  # Zoho documents the 400 only, not its body
         match = _API.match(request.path)
         if match is None:
             return _zoho_error(ZohoError(404, "INVALID_URL_PATTERN", "Please check if the URL trying to access is a correct one"), None)

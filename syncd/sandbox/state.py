@@ -2,7 +2,8 @@
 
 Every rule here mirrors a documented Zoho behaviour that syncd's exactly-once logic leans on:
 file ids are single-use, an original_message_id is accepted once per record (then
-``DUPLICATE_DATA``), tokens expire, refreshes are rate-limited. All methods are thread-safe.
+``DUPLICATE_DATA``), tokens expire, refreshes are rate-limited, refresh tokens come from
+single-use grant codes and can be revoked (with their access tokens). All methods are thread-safe.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 TOKEN_LIFETIME = 3600
+GRANT_CODE_LIFETIME = 180.0
+"""A Self Client's grant code lives 3 minutes by default (the API console offers up to 10)."""
+MAX_REFRESH_TOKENS = 20
+"""Per user: the 21st refresh token deletes the first one created."""
 ATTACHMENTS_LIMIT = 10 * 1024 * 1024
 FILE_LIMIT = 20 * 1024 * 1024
 MODULE_IDS = {
@@ -80,6 +85,7 @@ class Org:
     client_id: str = "1000.SANDBOXCLIENT"
     client_secret: str = field(default_factory=lambda: secrets.token_hex(16))
     refresh_token: str = field(default_factory=lambda: "1000." + secrets.token_hex(24))
+    """The refresh token the org starts with (``credentials()``); more come from ``grant_code`` exchanges."""
     admin: bool = True
     refresh_limit: int = 10
     refresh_window: float = 600.0
@@ -96,6 +102,13 @@ class Org:
         self.emails: dict[tuple[str, str], dict[str, StoredEmail]] = {}
         self.received: list[StoredEmail] = []
         self._tokens: dict[str, float] = {}
+        self._token_origin: dict[str, str] = {}
+        """Access token → the refresh token it was issued for (revoking that one revokes them)."""
+        self._issued: list[str] = []
+        """Refresh tokens issued for grant codes, oldest first."""
+        self._revoked: set[str] = set()
+        self._codes: dict[str, float] = {}
+        """Grant codes not exchanged yet → when they expire."""
         self._refreshes: deque[float] = deque()
         self.users = [
             {
@@ -124,14 +137,22 @@ class Org:
     # -- OAuth ----------------------------------------------------------------------------
 
     def refresh(self, form: Mapping[str, str]) -> dict[str, Any]:
-        """The token endpoint's answer: Zoho reports every failure as HTTP 200 ``{"error": ...}``."""
-        if form.get("grant_type") != "refresh_token":
+        """The token endpoint's answer: Zoho reports every failure as HTTP 200 ``{"error": ...}``.
+
+        ``grant_type=refresh_token`` gives an access token; ``authorization_code`` exchanges a
+        grant code (``grant_code``) for an access token and a new refresh token.
+        """
+        grant = form.get("grant_type")
+        if grant not in ("refresh_token", "authorization_code"):
             return {"error": "unsupported_grant_type"}
         if form.get("client_id") != self.client_id or form.get("client_secret") != self.client_secret:
             return {"error": "invalid_client"}
-        if form.get("refresh_token") != self.refresh_token:
-            return {"error": "invalid_code"}
+        if grant == "authorization_code":
+            return self._exchange(form.get("code", ""))
+        refresh_token = form.get("refresh_token", "")
         with self._lock:
+            if refresh_token not in self.refresh_tokens():
+                return {"error": "invalid_code"}
             now = self.clock()
             while self._refreshes and self._refreshes[0] <= now - self.refresh_window:
                 self._refreshes.popleft()
@@ -141,9 +162,57 @@ class Org:
                     "error_description": "You have made too many requests continuously. Please try again after some time.",
                 }
             self._refreshes.append(now)
-            token = "1000." + secrets.token_hex(32)
-            self._tokens[token] = now + TOKEN_LIFETIME
+            return self._access_token(refresh_token, now)
+
+    def _access_token(self, refresh_token: str, now: float) -> dict[str, Any]:
+        token = "1000." + secrets.token_hex(32)
+        self._tokens[token] = now + TOKEN_LIFETIME
+        self._token_origin[token] = refresh_token
         return {"access_token": token, "token_type": "Bearer", "expires_in": TOKEN_LIFETIME}
+
+    def grant_code(self, lifetime: float = GRANT_CODE_LIFETIME) -> str:
+        """A grant code, as the API console's Self Client generates one: single-use, expires after ``lifetime``."""
+        code = "1000." + secrets.token_hex(16) + "." + secrets.token_hex(16)
+        with self._lock:
+            self._codes[code] = self.clock() + lifetime
+        return code
+
+    def _exchange(self, code: str) -> dict[str, Any]:
+        """A grant code for an access token and a new refresh token (the oldest beyond 20 is deleted)."""
+        with self._lock:
+            now = self.clock()
+            if self._codes.pop(code, 0.0) <= now:
+                return {"error": "invalid_code"}
+            refresh_token = "1000." + secrets.token_hex(16) + "." + secrets.token_hex(16)
+            self._issued.append(refresh_token)
+            live = self.refresh_tokens()
+            for old in live[: max(0, len(live) - MAX_REFRESH_TOKENS)]:
+                self.revoke(old)
+            return {**self._access_token(refresh_token, now), "refresh_token": refresh_token}
+
+    def refresh_tokens(self) -> list[str]:
+        """The refresh tokens accepted now, oldest first."""
+        with self._lock:
+            return [t for t in (self.refresh_token, *self._issued) if t not in self._revoked]
+
+    def issued_refresh_tokens(self) -> list[str]:
+        """Every refresh token this org ever gave out, revoked ones included (for the tests' secret scan)."""
+        with self._lock:
+            return [self.refresh_token, *self._issued]
+
+    def revoke(self, token: str) -> bool:
+        """Revoke a refresh token (and every access token issued for it) or one access token; False if unknown."""
+        with self._lock:
+            if token in self.refresh_tokens():
+                self._revoked.add(token)
+                gone = [a for a, origin in self._token_origin.items() if origin == token]
+            elif self._tokens.get(token, 0.0) > self.clock():
+                gone = [token]
+            else:
+                return False
+            for access in gone:
+                self._tokens[access] = 0.0
+            return True
 
     def token_valid(self, token: str) -> bool:
         with self._lock:

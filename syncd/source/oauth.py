@@ -3,6 +3,8 @@
 One ``AccessTokens`` per mailbox lives as long as the process (``tokens_for``), so a token
 is reused across polls until shortly before it expires, and only one refresh is in flight
 at a time. Every access token is registered with ``syncd.log.redact_token`` the moment it arrives.
+A refresh token the provider rotates (Microsoft) is used until the configured one changes: an
+operator's new ``oauth_refresh_token_file`` wins at the next refresh, without a restart.
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ import time
 from collections.abc import Callable
 
 import httpx
+import structlog
 
 from syncd import log
 from syncd.errors import SourceAuthError, SourceError
 from syncd.settings import MailboxSettings, OAuthSettings
+
+_log = structlog.get_logger("syncd.source")
 
 EARLY = 300.0
 """Refresh this long before expiry (at most a tenth of the lifetime), so no login carries a dying token."""
@@ -43,8 +48,10 @@ class AccessTokens:
         self._lock = threading.Lock()
         self._current: tuple[str, float] | None = None
         """The access token and when to replace it (clock time)."""
+        self._configured = oauth.refresh_token.reveal()
+        """The refresh token as last read from the settings (its file may be replaced while syncd runs)."""
         # Providers that rotate refresh tokens (Microsoft) send a new one with each access token.
-        self._refresh_token = oauth.refresh_token.reveal()
+        self._refresh_token = self._configured
 
     def __repr__(self) -> str:
         return f"AccessTokens(mailbox={self._mailbox!r}, has_token={self._current is not None})"
@@ -62,6 +69,10 @@ class AccessTokens:
 
     def _refresh(self) -> tuple[str, float]:
         o = self._oauth
+        configured = o.refresh_token.reveal()
+        if configured != self._configured:  # the operator gave a new one: it replaces any rotated token
+            _log.info("oauth_refresh_token_changed", mailbox=self._mailbox)
+            self._configured = self._refresh_token = configured
         form = {"grant_type": "refresh_token", "client_id": o.client_id, "client_secret": o.client_secret.reveal(),
                 "refresh_token": self._refresh_token}
         if o.scope:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
+
 import pytest
+import structlog.testing
 
 from syncd.crm import Upload
 from syncd.crm.zoho import ZohoCrm
@@ -85,6 +88,27 @@ def test_refused_refresh_is_an_org_error_naming_the_setting(
     with ZohoCrm(replace(crm_settings, **{field: value})) as crm, pytest.raises(CrmOrgError) as caught:
         crm.check()
     assert setting in str(caught.value)
+
+
+@pytest.mark.parametrize("key", ["refresh_token", "client_secret"])
+def test_refused_refresh_is_held_until_its_secret_file_changes(crm_settings: CrmSettings, crm_server: SandboxServer,
+                                                               tmp_path: Path, key: str) -> None:
+    """A refused refresh is not asked again with the same credentials; a new value in the *_file lifts the hold at once."""
+    path = tmp_path / key
+    path.write_text("1000.revoked-or-wrong\n")
+    good = getattr(crm_settings, key).reveal()
+    with ZohoCrm(replace(crm_settings, **{key: Secret.from_file(path)})) as crm:
+        for _ in range(2):
+            with pytest.raises(CrmOrgError) as caught:
+                crm.check()
+        assert crm.calls["token"] == 1, "the second call repeats the held error without asking Zoho"
+        assert caught.value.code == ("invalid_code" if key == "refresh_token" else "invalid_client")
+        path.write_text(good + "\n")
+        with structlog.testing.capture_logs() as logs:
+            assert crm.check().startswith("Zoho CRM at")
+    assert crm.calls["token"] == 2
+    (changed,) = [e for e in logs if e["event"] == "crm_credentials_changed"]
+    assert changed["log_level"] == "info" and changed["changed"] == [f"crm.{key}"] and good not in str(changed)
 
 
 def test_refresh_rate_limit_is_transient_and_not_hammered() -> None:

@@ -30,9 +30,16 @@ def new_user(dovecot: Dovecot) -> ImapUser:
 
 
 def write_config(path: Path, crm: SandboxServer, users: dict[str, ImapUser], *, timeout: float = 5,
-                 extra: str = "") -> Path:
-    """A syncd.toml with one mailbox per user (named by the keys), polling every second; ``extra`` joins each mailbox."""
+                 extra: str = "", refresh_token_file: Path | None = None) -> Path:
+    """A syncd.toml with one mailbox per user (named by the keys), polling every second; ``extra`` joins each mailbox.
+
+    ``refresh_token_file``: the CRM refresh token is written there and read from there (``refresh_token_file``).
+    """
     client_id, client_secret, refresh_token = crm.credentials()
+    token_line = f'refresh_token = "{refresh_token}"'
+    if refresh_token_file is not None:
+        refresh_token_file.write_text(refresh_token + "\n")
+        token_line = f'refresh_token_file = "{refresh_token_file}"'
     def table(name: str, u: ImapUser) -> str:
         keys = {"name": name, "host": u.host, "port": u.port, "security": "none", "username": u.username,
                 "password": u.password, "addresses": ["me@ourco.example"], "poll_interval": 1, "timeout": 5}
@@ -43,7 +50,7 @@ def write_config(path: Path, crm: SandboxServer, users: dict[str, ImapUser], *, 
 [crm]
 client_id = "{client_id}"
 client_secret = "{client_secret}"
-refresh_token = "{refresh_token}"
+{token_line}
 api_domain = "{crm.url}"
 accounts_url = "{crm.url}"
 timeout = {timeout}
@@ -81,6 +88,12 @@ class Daemon:
             )
         self.events: list[dict] = []
         self.stderr = ""
+
+    def logged(self, event: str) -> list[dict]:
+        """The ``event`` lines logged so far, while it runs (a line still being written is left out)."""
+        text = self.log.read_text()
+        lines = text[: text.rfind("\n") + 1].splitlines()
+        return [e for e in (json.loads(line) for line in lines if line.startswith("{")) if e.get("event") == event]
 
     def stop(self) -> int:
         """SIGTERM, wait, collect the log; returns the exit code."""

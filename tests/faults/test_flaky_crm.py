@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 
+import httpx
 import pytest
 
 from syncd.app import App
@@ -25,7 +26,7 @@ from syncd.sandbox import SandboxServer
 from syncd.settings import LedgerSettings, Settings
 from tests.faults.conftest import SOAK
 from tests.faults.daemon import all_final, copies, daemon, ledger_states, new_user, wait_for, write_config
-from tests.fixtures.crm import CONTACTS, LEADS, settings_for
+from tests.fixtures.crm import CONTACTS, LEADS, exchange_code, settings_for
 from tests.fixtures.dovecot import Dovecot, ImapUser
 from tests.test_pipeline import OWN, mail, syncd
 
@@ -156,6 +157,37 @@ def test_refused_refresh_token_says_which_setting_and_loses_nothing(tmp_path: Pa
     crm_server.org.refresh_token = good
     assert syncd("once", "-c", str(config)).returncode == 0
     assert _exactly_once(crm_server, 2)
+
+
+def test_revoked_refresh_token_replaced_in_its_file_is_used_without_a_restart(tmp_path: Path, imap_user: ImapUser,
+                                                                            crm_server: SandboxServer):
+    """`syncd run` with refresh_token_file: after a revocation passes pause on invalid_code without hammering Zoho; a new
+    token written into the file is used at the next poll, and the same daemon delivers the waiting message once."""
+    token_file = tmp_path / "refresh_token"
+    config = write_config(tmp_path / "syncd.toml", crm_server, {"sales": imap_user}, refresh_token_file=token_file)
+    imap_user.append("INBOX", _message(0))
+    with daemon(config) as d:
+        wait_for(lambda: _exactly_once(crm_server, 1) and all_final(config, 1), "the first message delivered", proc=d.proc)
+        revoked = httpx.post(f"{crm_server.url}/oauth/v2/token/revoke", params={"token": token_file.read_text().strip()})
+        assert revoked.status_code == 200  # Zoho also revokes the access tokens the daemon holds
+        imap_user.append("INBOX", _message(1))
+        wait_for(lambda: d.logged("crm_paused"), "a pass paused by the revoked token", proc=d.proc)
+        refreshes = _token_requests(crm_server)
+        wait_for(lambda: len(d.logged("crm_paused")) >= 3, "two more polls", proc=d.proc)
+        assert _token_requests(crm_server) == refreshes, "a refused refresh is held, not repeated at every poll"
+        new = exchange_code(crm_server, crm_server.grant_code())["refresh_token"]  # the operator, in the API console
+        token_file.write_text(new + "\n")
+        wait_for(lambda: _exactly_once(crm_server, 2) and all_final(config, 2), "the waiting message delivered", proc=d.proc)
+    paused = [e for e in d.events if e.get("event") == "crm_paused"]
+    assert len(paused) >= 3 and all(e["code"] == "invalid_code" and "crm.refresh_token" in e["error"] for e in paused)
+    (changed,) = [e for e in d.events if e.get("event") == "crm_credentials_changed"]
+    assert changed["changed"] == ["crm.refresh_token"]
+    assert max(copies(crm_server).values()) == 1 and crm_server.violations == []
+    assert new not in d.stderr
+
+
+def _token_requests(server: SandboxServer) -> int:
+    return server.requests.count(("POST", "/oauth/v2/token"))
 
 
 # -- tokens: no refresh storm with several mailboxes -------------------------------------------------

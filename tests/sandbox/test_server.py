@@ -11,7 +11,7 @@ import pytest
 
 from syncd.sandbox import SandboxServer
 from syncd.sandbox.state import MODULE_IDS
-from tests.fixtures.crm import token_form, valid_entry as entry
+from tests.fixtures.crm import exchange_code, token_form, valid_entry as entry
 
 
 @pytest.fixture
@@ -40,6 +40,44 @@ def test_token_answers(crm_server: SandboxServer) -> None:
     for wrong, error in ({"refresh_token": "nope"}, "invalid_code"), ({"client_secret": "nope"}, "invalid_client"):
         response = httpx.post(f"{crm_server.url}/oauth/v2/token", data={**good, **wrong})
         assert (response.status_code, response.json()) == (200, {"error": error})
+
+
+def test_grant_code_gives_a_new_refresh_token_once(crm_server: SandboxServer) -> None:
+    """A grant code exchanged once gives an access token and a new refresh token that refreshes; reused or expired: invalid_code."""
+    code = crm_server.grant_code()
+    answer = exchange_code(crm_server, code)
+    assert set(answer) == {"access_token", "refresh_token", "api_domain", "token_type", "expires_in"}
+    assert answer["refresh_token"] != crm_server.credentials()[2]
+    refreshed = httpx.post(f"{crm_server.url}/oauth/v2/token",
+                           data={**token_form(crm_server), "refresh_token": answer["refresh_token"]}).json()
+    assert "access_token" in refreshed
+    assert exchange_code(crm_server, code) == {"error": "invalid_code"}
+    assert exchange_code(crm_server, crm_server.org.grant_code(lifetime=0)) == {"error": "invalid_code"}
+    assert crm_server.org.refresh_tokens() == [crm_server.credentials()[2], answer["refresh_token"]]
+
+
+def test_revoking_a_refresh_token_revokes_its_access_tokens(crm_server: SandboxServer) -> None:
+    """POST /oauth/v2/token/revoke?token=: the refresh token then gets invalid_code, its access tokens 401; unknown: 400."""
+    form = token_form(crm_server)
+    access = httpx.post(f"{crm_server.url}/oauth/v2/token", data=form).json()["access_token"]
+    other = exchange_code(crm_server, crm_server.grant_code())  # another refresh token of the same user stays valid
+    revoked = httpx.post(f"{crm_server.url}/oauth/v2/token/revoke", params={"token": form["refresh_token"]})
+    assert (revoked.status_code, revoked.json()) == (200, {"status": "success"})
+    assert httpx.post(f"{crm_server.url}/oauth/v2/token", data=form).json() == {"error": "invalid_code"}
+    users = f"{crm_server.url}/crm/v8/users"
+    denied = httpx.get(users, headers={"Authorization": f"Zoho-oauthtoken {access}"})
+    assert (denied.status_code, denied.json()["code"]) == (401, "INVALID_TOKEN")
+    assert httpx.get(users, headers={"Authorization": f"Zoho-oauthtoken {other['access_token']}"}).status_code == 200
+    again = httpx.post(f"{crm_server.url}/oauth/v2/token/revoke", params={"token": form["refresh_token"]})
+    assert again.status_code == 400
+
+
+def test_the_21st_refresh_token_deletes_the_first() -> None:
+    """A user holds at most 20 refresh tokens: issuing one more revokes the oldest."""
+    with SandboxServer() as server:
+        first = server.credentials()[2]
+        issued = [exchange_code(server, server.grant_code())["refresh_token"] for _ in range(20)]
+        assert server.org.refresh_tokens() == issued and first not in server.org.refresh_tokens()
 
 
 def test_refresh_limit_answers_access_denied() -> None:

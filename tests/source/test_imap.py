@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import secrets
 import socket
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
+from imapclient.exceptions import IMAPClientError
 
 from syncd.errors import FolderError, SourceAuthError, SourceError
 from syncd.settings import Secret
 from syncd.source import Folder
 from syncd.source.imap import ImapSource
+from tests.fixtures.wait import wait_until
 from tests.fixtures.dovecot import Dovecot, ImapUser
 from tests.source.test_contract import message
 
@@ -113,6 +118,32 @@ def test_wrong_password(imap_user: ImapUser) -> None:
     text = f"{raised.value} {raised.value.__cause__!r}"
     assert settings.name in text and imap_user.username in text
     assert "not-the-Password-42" not in text
+
+
+def test_replaced_password_file_is_used_at_the_next_login(imap_user: ImapUser, dovecot: Dovecot, tmp_path: Path) -> None:
+    """The mailbox's password changed on the server: logins fail until the new one is written into password_file, then the next one works."""
+    path = tmp_path / "sales.password"
+    path.write_text(imap_user.password + "\n")
+    settings = imap_user.settings(password=Secret.from_file(path))
+    with ImapSource(settings) as source:
+        source.select("INBOX")
+    changed = "changed-" + secrets.token_urlsafe(16)
+    dovecot.add_user(imap_user.username, changed)  # the password is changed on the server
+    wait_until(lambda: _logs_in(replace(imap_user, password=changed)), "Dovecot to re-read its passwd-file")
+    with pytest.raises(SourceAuthError):
+        ImapSource(settings).__enter__()
+    path.write_text(changed + "\n")  # the operator writes it into the file; syncd keeps running
+    with ImapSource(settings) as source:
+        assert source.select("INBOX").uidvalidity
+
+
+def _logs_in(user: ImapUser) -> bool:
+    """True when the server takes this user's password now (Dovecot re-reads a passwd-file at most once a second)."""
+    try:
+        with user.client():
+            return True
+    except IMAPClientError:
+        return False
 
 
 def test_server_down(imap_user: ImapUser) -> None:

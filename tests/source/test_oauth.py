@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -66,6 +67,59 @@ def test_revoked_token_is_replaced_on_the_same_login(oauth_user: OAuthUser, oaut
     before = oauth_provider.refreshes
     assert read_inbox(settings) == [MESSAGE]
     assert oauth_provider.refreshes == before + 1
+
+
+def write_token(path: Path, token: str) -> None:
+    """Replace the file by renaming a new one over it: a new inode, so even a same-length token a moment later shows."""
+    tmp = path.with_name(path.name + ".new")
+    tmp.write_text(token + "\n")
+    os.replace(tmp, path)
+
+
+def with_token_file(settings, path: Path, token: str):
+    """``settings`` whose OAuth refresh token comes from ``path`` (holding ``token``), as ``oauth_refresh_token_file`` gives it."""
+    write_token(path, token)
+    return replace(settings, oauth=replace(settings.oauth, refresh_token=Secret.from_file(path)))
+
+
+def test_revoked_refresh_token_replaced_in_its_file_logs_in_at_the_next_poll(oauth_user: OAuthUser,
+                                                                            oauth_provider: OAuthProvider, tmp_path: Path):
+    """The file's refresh token revoked: the poll fails with invalid_grant; a new token written into the file logs in next poll."""
+    oauth_user.imap.append("INBOX", MESSAGE)
+    path = tmp_path / "gmail.oauth_refresh_token"
+    settings = with_token_file(oauth_user.settings(), path, oauth_user.grant.refresh_token)
+    assert read_inbox(settings) == [MESSAGE]
+    oauth_provider.revoke_refresh_token(oauth_user.grant.refresh_token)
+    oauth_provider.revoke_access_tokens()
+    with pytest.raises(SourceAuthError, match="invalid_grant"):
+        read_inbox(settings)
+    fresh = oauth_provider.reissue(oauth_user.grant)
+    write_token(path, fresh)
+    assert read_inbox(settings) == [MESSAGE]
+    assert oauth_provider.used[-1] == fresh
+
+
+def test_rotated_refresh_token_is_used_until_the_file_changes(oauth_user: OAuthUser, oauth_provider: OAuthProvider,
+                                                              tmp_path: Path):
+    """A refresh token the provider rotated (Microsoft) is used for the next refresh; a new one in the file wins over it."""
+    grant = oauth_provider.grant(oauth_user.imap.username, rotate=True)
+    base = oauth_user.settings()
+    oauth = replace(base.oauth, client_id=grant.client_id, client_secret=Secret(grant.client_secret))
+    path = tmp_path / "refresh"
+    settings = with_token_file(replace(base, oauth=oauth), path, grant.refresh_token)
+    now = [1000.0]
+    tokens = AccessTokens("m", settings.oauth, clock=lambda: now[0])
+    tokens.token()
+    assert oauth_provider.used[-1] == grant.refresh_token
+    rotated = oauth_provider.refresh_tokens[-1]
+    now[0] += 3600
+    tokens.token()
+    assert oauth_provider.used[-1] == rotated, "the file did not change: the rotated token is the one to use"
+    fresh = oauth_provider.reissue(grant)
+    write_token(path, fresh)
+    now[0] += 3600
+    token = tokens.token()
+    assert oauth_provider.used[-1] == fresh and oauth_provider.introspect(token)["active"]
 
 
 def test_refused_refresh_token_is_an_auth_error_naming_the_key(oauth_user: OAuthUser):
