@@ -22,9 +22,9 @@ import pytest
 
 from syncd.sandbox import SandboxServer
 from tests.deploy.conftest import Deployment, deployment, imap_of, slow
-from tests.fixtures.wait import wait_until
 from tests.deploy.images import need, podman_base, podman_env
 from tests.fixtures.dovecot import ImapUser
+from tests.fixtures.wait import wait_until
 from tests.test_pipeline import OWN, mail
 
 HERE = Path(__file__).parents[2] / "deploy" / "container"

@@ -19,8 +19,8 @@ import pytest
 
 from syncd.sandbox import SandboxServer
 from tests.deploy.conftest import Deployment, NotifySocket, deployment, imap_of
-from tests.fixtures.wait import wait_until
 from tests.fixtures.dovecot import ImapUser
+from tests.fixtures.wait import wait_until
 from tests.test_pipeline import OWN, mail
 
 WATCHDOG_SEC = 1.0

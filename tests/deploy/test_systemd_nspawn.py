@@ -19,9 +19,9 @@ import pytest
 
 from syncd.sandbox import SandboxServer
 from tests.deploy.conftest import deployment, imap_of, slow
-from tests.fixtures.wait import wait_until
 from tests.deploy.images import SYSTEMD, debian_tree, need
 from tests.fixtures.dovecot import ImapUser
+from tests.fixtures.wait import wait_until
 from tests.test_pipeline import OWN, mail
 
 REPO = Path(__file__).parents[2]
@@ -122,7 +122,8 @@ def user_of(m: Machine, unit: str) -> str:
 @slow
 @pytest.mark.timeout(900)
 def test_units_in_a_booted_container(machine, tmp_path: Path, imap_user: ImapUser, crm_server: SandboxServer, tarpit: int):
-    """syncd@sales: READY, syncs as its own user, stops cleanly; syncd@stuck (hung IMAP) is restarted by the watchdog; syncd.service too."""
+    """syncd@sales: READY, syncs as its own user, stops cleanly; syncd@stuck (hung IMAP) is restarted by the watchdog;
+    syncd.service too, and a config error fails it without restarts."""
     started = time.monotonic()
     imap_user.append("INBOX", bytes(mail("bob@example.com", OWN, "From a unit", message_id="<unit@x>")))
     hung = ("127.0.0.1", tarpit, "u", secrets.token_hex(8))
@@ -161,4 +162,13 @@ def test_units_in_a_booted_container(machine, tmp_path: Path, imap_user: ImapUse
     wait_until(lambda: "sales: last pass" in m.show("syncd.service", "StatusText"), "syncd.service's first pass")
     assert [e.original_message_id for e in crm_server.received()] == ["unit@x"], "sent twice"
     stopped_cleanly(m, "syncd.service", dep.secrets)
+
+    # A configuration error (exit 2) fails the unit for good: a restart could not fix it.
+    config = dep.etc / "syncd.toml"
+    config.write_text(config.read_text().replace("[crm]\n", "[crm]\nmisspelt_key = 1\n", 1))
+    assert m.run("systemctl", "start", "syncd.service").returncode != 0
+    assert (m.show("syncd.service", "ActiveState"), m.show("syncd.service", "Result"),
+            m.show("syncd.service", "ExecMainStatus")) == ("failed", "exit-code", "2")
+    journal = m.run("journalctl", "-u", "syncd.service", "--no-pager", "-o", "cat").stdout
+    assert "crm.misspelt_key" in journal
     print(f"nspawn test body: {time.monotonic() - started:.1f} s")
