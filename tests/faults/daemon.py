@@ -10,17 +10,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from syncd.ledger import FINAL
 from syncd.sandbox import SandboxServer
 from tests.fixtures.dovecot import Dovecot, ImapUser
-
-DEADLINE = 60.0
-
 
 def new_user(dovecot: Dovecot) -> ImapUser:
     """Another fresh mailbox on the session's Dovecot (tests with several mailboxes)."""
@@ -59,18 +55,6 @@ timeout = {timeout}
 path = "{path.parent / 'ledger.sqlite3'}"
 {mailboxes}""")
     return path
-
-
-def wait_for(condition: Callable[[], bool], what: str, *, proc: subprocess.Popen | None = None,
-             deadline: float = DEADLINE) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` (and the daemon's log) when the deadline passes."""
-    end = time.monotonic() + deadline
-    while not condition():
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"syncd exited {proc.returncode} while waiting for {what}")
-        if time.monotonic() > end:
-            raise AssertionError(f"not reached within {deadline}s: {what}")
-        time.sleep(0.05)
 
 
 class Daemon:

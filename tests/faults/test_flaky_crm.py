@@ -25,9 +25,10 @@ from syncd.pipeline import PassReport
 from syncd.sandbox import SandboxServer
 from syncd.settings import LedgerSettings, Settings
 from tests.faults.conftest import SOAK
-from tests.faults.daemon import all_final, copies, daemon, ledger_states, new_user, wait_for, write_config
+from tests.faults.daemon import all_final, copies, daemon, ledger_states, new_user, write_config
 from tests.fixtures.crm import CONTACTS, LEADS, exchange_code, settings_for
 from tests.fixtures.dovecot import Dovecot, ImapUser
+from tests.fixtures.wait import wait_until
 from tests.test_pipeline import OWN, mail, syncd
 
 PEOPLE = ["bob@example.com", "lena@prospect.example", "jacob@example.com"]
@@ -69,7 +70,7 @@ def test_outcome_unknown_is_resent_by_the_daemon_and_lands_once(tmp_path: Path, 
     imap_user.append_many("INBOX", [_message(i) for i in range(3)])
     crm_server.inject(r"associate_email", times=1, **fault)
     with daemon(config) as d:
-        wait_for(lambda: _exactly_once(crm_server, 3) and all_final(config, 3), "3 messages final", proc=d.proc)
+        wait_until(lambda: _exactly_once(crm_server, 3) and all_final(config, 3), "3 messages final", proc=d.proc)
     assert max(copies(crm_server).values()) == 1 and crm_server.violations == []
     assert any(e.get("event") == "resend_unknown_outcome" for e in d.events)
 
@@ -96,7 +97,7 @@ def test_rate_limit_slows_every_call_down_and_honours_retry_after(tmp_path: Path
 
     crm_server.take_fault = take_and_note  # type: ignore[method-assign]
     with daemon(config) as d:
-        wait_for(lambda: _exactly_once(crm_server, 2) and all_final(config, 2), "2 messages final", proc=d.proc)
+        wait_until(lambda: _exactly_once(crm_server, 2) and all_final(config, 2), "2 messages final", proc=d.proc)
     (at,) = limited_at
     assert not [s for s in stamps if at < s < at + 1.9], "a request went out during the Retry-After pause"
     assert any(e.get("event") == "crm_rate_limited" and e.get("pause") == 2.0 for e in d.events)
@@ -120,7 +121,7 @@ def test_org_error_pauses_with_the_fix_then_drains_by_itself(tmp_path: Path, ima
     body = {"code": code, "details": {}, "message": "refused", "status": "error"}
     crm_server.inject(path, status=status, body={"Emails": [body]} if "associate" in path else body, times=4)
     with daemon(config) as d:
-        wait_for(lambda: _exactly_once(crm_server, 3) and all_final(config, 3), "3 messages final", proc=d.proc)
+        wait_until(lambda: _exactly_once(crm_server, 3) and all_final(config, 3), "3 messages final", proc=d.proc)
     paused = [e for e in d.events if e.get("event") == "crm_paused"]
     assert len(paused) >= 2 and all(e["code"] == code and fix in e["error"] for e in paused)
     assert not crm_server._faults  # every refusal was met, and the daemon went on past them
@@ -134,10 +135,10 @@ def test_full_storage_pauses_until_space_is_freed(tmp_path: Path, imap_user: Ima
         config = write_config(tmp_path / "syncd.toml", server, {"sales": imap_user})
         imap_user.append_many("INBOX", [_message(i, attach=True) for i in range(2)])
         with daemon(config) as d:
-            wait_for(lambda: ledger_states(config)[State.RETRY] == 1, "a message waiting for storage", proc=d.proc)
+            wait_until(lambda: ledger_states(config)[State.RETRY] == 1, "a message waiting for storage", proc=d.proc)
             assert server.received() == []
             server.org.storage_left = None  # the operator bought storage
-            wait_for(lambda: _exactly_once(server, 2) and all_final(config, 2), "2 messages final", proc=d.proc)
+            wait_until(lambda: _exactly_once(server, 2) and all_final(config, 2), "2 messages final", proc=d.proc)
         assert max(copies(server).values()) == 1
         paused = [e for e in d.events if e.get("event") == "crm_paused"]
         assert paused and all(e["code"] == "STORAGE_SPACE_EXCEEDS" and "buy storage" in e["error"] for e in paused)
@@ -167,17 +168,17 @@ def test_revoked_refresh_token_replaced_in_its_file_is_used_without_a_restart(tm
     config = write_config(tmp_path / "syncd.toml", crm_server, {"sales": imap_user}, refresh_token_file=token_file)
     imap_user.append("INBOX", _message(0))
     with daemon(config) as d:
-        wait_for(lambda: _exactly_once(crm_server, 1) and all_final(config, 1), "the first message delivered", proc=d.proc)
+        wait_until(lambda: _exactly_once(crm_server, 1) and all_final(config, 1), "the first message delivered", proc=d.proc)
         revoked = httpx.post(f"{crm_server.url}/oauth/v2/token/revoke", params={"token": token_file.read_text().strip()})
         assert revoked.status_code == 200  # Zoho also revokes the access tokens the daemon holds
         imap_user.append("INBOX", _message(1))
-        wait_for(lambda: d.logged("crm_paused"), "a pass paused by the revoked token", proc=d.proc)
+        wait_until(lambda: d.logged("crm_paused"), "a pass paused by the revoked token", proc=d.proc)
         refreshes = _token_requests(crm_server)
-        wait_for(lambda: len(d.logged("crm_paused")) >= 3, "two more polls", proc=d.proc)
+        wait_until(lambda: len(d.logged("crm_paused")) >= 3, "two more polls", proc=d.proc)
         assert _token_requests(crm_server) == refreshes, "a refused refresh is held, not repeated at every poll"
         new = exchange_code(crm_server, crm_server.grant_code())["refresh_token"]  # the operator, in the API console
         token_file.write_text(new + "\n")
-        wait_for(lambda: _exactly_once(crm_server, 2) and all_final(config, 2), "the waiting message delivered", proc=d.proc)
+        wait_until(lambda: _exactly_once(crm_server, 2) and all_final(config, 2), "the waiting message delivered", proc=d.proc)
     paused = [e for e in d.events if e.get("event") == "crm_paused"]
     assert len(paused) >= 3 and all(e["code"] == "invalid_code" and "crm.refresh_token" in e["error"] for e in paused)
     (changed,) = [e for e in d.events if e.get("event") == "crm_credentials_changed"]
@@ -306,8 +307,8 @@ def test_random_faults_deliver_every_message_exactly_once(tmp_path: Path, imap_u
     with daemon(config) as d:
         expirer.start()
         try:
-            wait_for(lambda: _exactly_once(crm_server, n) and all_final(config, n), f"{n} messages final",
-                     proc=d.proc, deadline=120 * SOAK)
+            wait_until(lambda: _exactly_once(crm_server, n) and all_final(config, n), f"{n} messages final",
+                     proc=d.proc, timeout=120 * SOAK)
         finally:
             stop.set()
             expirer.join()

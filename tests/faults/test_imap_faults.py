@@ -14,8 +14,9 @@ from syncd.ledger.sqlite import SqliteLedger
 from syncd.sandbox import SandboxServer
 from syncd.source.imap import ImapSource
 from tests.faults.conftest import SOAK
-from tests.faults.daemon import all_final, copies, daemon, wait_for, write_config
+from tests.faults.daemon import all_final, copies, daemon, write_config
 from tests.fixtures.dovecot import Dovecot, ImapUser
+from tests.fixtures.wait import wait_until
 from tests.test_pipeline import OWN, mail, syncd
 
 
@@ -45,11 +46,11 @@ def test_dovecot_restart_and_kick_mid_run_lose_and_duplicate_nothing(tmp_path: P
     config = write_config(tmp_path / "syncd.toml", crm_server, {"sales": imap_user}, extra="batch_size = 2\n")
     imap_user.append_many("INBOX", _mails("r", 30))
     with daemon(config) as d:
-        wait_for(lambda: len(crm_server.received()) >= 6, "6 messages in", proc=d.proc)
+        wait_until(lambda: len(crm_server.received()) >= 6, "6 messages in", proc=d.proc)
         dovecot.restart()
-        wait_for(lambda: len(crm_server.received()) >= 14, "14 messages in", proc=d.proc)
+        wait_until(lambda: len(crm_server.received()) >= 14, "14 messages in", proc=d.proc)
         dovecot.kick(imap_user.username)
-        wait_for(lambda: len(crm_server.received()) == 30 and all_final(config, 30), "30 messages final", proc=d.proc)
+        wait_until(lambda: len(crm_server.received()) == 30 and all_final(config, 30), "30 messages final", proc=d.proc)
     assert max(copies(crm_server).values()) == 1
     assert _ids(crm_server) == sorted(f"r{i}@imap.example" for i in range(30))
     lost = [e for e in d.events if e.get("event") == "pass_failed"]
@@ -137,9 +138,9 @@ def test_connection_that_hangs_mid_run_times_out_and_the_next_poll_goes_on(tmp_p
                           .replace("timeout = 5\n", "timeout = 2\n"))
         imap_user.append_many("INBOX", _mails("h", 12))
         with daemon(config) as d:
-            wait_for(lambda: len(crm_server.received()) >= 3, "3 messages in", proc=d.proc)
+            wait_until(lambda: len(crm_server.received()) >= 3, "3 messages in", proc=d.proc)
             proxy.freeze()
-            wait_for(lambda: len(crm_server.received()) == 12 and all_final(config, 12), "12 messages final",
+            wait_until(lambda: len(crm_server.received()) == 12 and all_final(config, 12), "12 messages final",
                      proc=d.proc)
     finally:
         proxy.close()
@@ -184,7 +185,7 @@ def test_message_expunged_between_search_and_fetch_is_not_waited_for(tmp_path: P
     uids = imap_user.append_many("INBOX", _mails("x", 4))
     crm_server.inject(r"associate_email", delay=1.5)  # holds the pass at the first message
     expunged = threading.Thread(target=lambda: (
-        wait_for(lambda: not crm_server._faults, "the first associate call under way"),
+        wait_until(lambda: not crm_server._faults, "the first associate call under way"),
         imap_user.expunge("INBOX", uids[2])))
     expunged.start()
     done = syncd("once", "-c", str(config))
