@@ -4,7 +4,9 @@
 
 Each run starts the daemon on a Maildir of N messages into the sandbox CRM (a fresh ledger, so the
 first pass has work), sends SIGTERM either as soon as the first message is associated (busy:
-syncd finishes that message and exits) or after the first pass (idle), and prints the time
+syncd finishes that message and exits), after the first pass (idle), or after the first pass while
+a second mailbox hangs on an IMAP server that never answers (hung: its 600 s timeout is not waited
+out), and prints the time
 from the signal to the exit, as a host process and, with --image, as PID 1 of that image
 under podman (signal to `podman wait` returning; the image is built by deploy/container/build).
 """
@@ -15,6 +17,7 @@ import argparse
 import mailbox
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -44,6 +47,18 @@ addresses = ["me@ourco.example"]
 poll_interval = 3600
 """
 
+HUNG = """
+[[mailbox]]
+name = "hung"
+host = "127.0.0.1"
+port = {port}
+security = "none"
+username = "u"
+password = "p"
+timeout = 600
+poll_interval = 3600
+"""
+
 
 def until(condition: Callable[[], bool], timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
@@ -53,20 +68,21 @@ def until(condition: Callable[[], bool], timeout: float = 120) -> None:
         time.sleep(0.01)
 
 
-def one_run(root: Path, busy: bool, image: str | None, env: dict[str, str]) -> float:
+def one_run(root: Path, mode: str, image: str | None, env: dict[str, str]) -> float:
     """Seconds from SIGTERM to exit for one daemon started on a fresh ledger and a fresh sandbox CRM."""
     for old in root.glob("ledger.sqlite3*"):
         old.unlink()
-    with SandboxServer() as crm:
+    with SandboxServer() as crm, socket.create_server(("127.0.0.1", 0), backlog=16) as tarpit:
         crm.seed("Contacts", [{"Last_Name": "Buyer", "Full_Name": "Bob Buyer", "Email": "bob@example.com"}])
         client_id, client_secret, refresh_token = crm.credentials()
         (root / "syncd.toml").write_text(CONFIG.format(client_id=client_id, client_secret=client_secret,
                                                        refresh_token=refresh_token, url=crm.url,
-                                                       ledger=root / "ledger.sqlite3", maildir=root / "Maildir"))
-        return _signalled(root, crm, busy, image, env)
+                                                       ledger=root / "ledger.sqlite3", maildir=root / "Maildir")
+                                          + (HUNG.format(port=tarpit.getsockname()[1]) if mode == "hung" else ""))
+        return _signalled(root, crm, mode, image, env)
 
 
-def _signalled(root: Path, crm: SandboxServer, busy: bool, image: str | None, env: dict[str, str]) -> float:
+def _signalled(root: Path, crm: SandboxServer, mode: str, image: str | None, env: dict[str, str]) -> float:
     err = root / "stderr.log"
     if image:
         name = f"syncd-bench-{os.getpid()}"
@@ -86,7 +102,7 @@ def _signalled(root: Path, crm: SandboxServer, busy: bool, image: str | None, en
         signal_it = lambda: proc.send_signal(signal.SIGTERM)  # noqa: E731
         wait = proc.wait
     try:
-        if busy:
+        if mode == "busy":
             until(lambda: len(crm.received()) > 0)
         else:
             until(lambda: '"pass_done"' in logs())
@@ -115,9 +131,9 @@ def main() -> None:
         path.chmod(0o755 if path.is_dir() else 0o644)  # readable by the image's uid 10001 too
     env = podman_env(root)
     for image in [None, args.image] if args.image else [None]:
-        for busy in (False, True):
-            times = [one_run(root, busy, image, env) for _ in range(args.runs)]
-            print(f"{'container ' + image if image else 'host process'}, {'busy' if busy else 'idle'}: "
+        for mode in ("idle", "busy", "hung"):
+            times = [one_run(root, mode, image, env) for _ in range(args.runs)]
+            print(f"{'container ' + image if image else 'host process'}, {mode}: "
                   f"SIGTERM to exit median {statistics.median(times) * 1000:.0f} ms, "
                   f"max {max(times) * 1000:.0f} ms over {args.runs} runs")
 

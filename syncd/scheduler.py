@@ -18,7 +18,7 @@ log = structlog.get_logger("syncd.scheduler")
 
 
 def run_until_stopped(app: App, *, liveness: Liveness | None = None, notifier: Notifier | None = None) -> None:
-    """Poll every mailbox at its interval until ``app.stopping`` is set, then let passes in flight finish.
+    """Poll every mailbox at its interval until ``app.stopping`` is set, then let the messages in flight finish.
 
     Each mailbox has its own worker thread, so a slow one never delays the others;
     ``max_instances=1`` and ``coalesce`` keep a slow mailbox from piling up runs.
@@ -55,7 +55,12 @@ def run_until_stopped(app: App, *, liveness: Liveness | None = None, notifier: N
     _watch(app, liveness, notifier)
     log.info("stopping", detail="finishing the messages in flight")
     notifier.stopping("finishing the messages in flight")
-    scheduler.shutdown(wait=True)
+    scheduler.shutdown(wait=False)
+    # A pass waiting on its mail server has nothing half-done: leave it rather than wait out a
+    # hung server's timeout. The caller exits the process; the next start reads that mail again.
+    left = liveness.settle() or []
+    if left:
+        log.info("left_reading", mailboxes=left, detail="their mail is read again at the next start; nothing was half-sent")
     log.info("stopped")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mailbox
+import threading
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,44 @@ def test_watched_source_reports_every_step(tmp_path: Path, clock: Clock):
             assert step_was_progress()
     assert len(fetched) == 3
     assert live.stalled(limit=5) == ["arch"]
+
+
+def test_settle_waits_for_passes_at_work_but_not_for_those_reading_mail():
+    """settle() holds while a running pass is outside its mail source, and names the passes left inside one."""
+    live = Liveness()
+    assert live.settle(timeout=0) == []
+    live.begin("sales")
+    live.begin("support")
+    with live.reading("sales"):
+        assert live.settle(timeout=0) is None  # support is at work (CRM or ledger): a stop waits for it
+        live.end("support")
+        assert live.settle(timeout=0) == ["sales"]
+    assert live.settle(timeout=0) is None  # sales has left IMAP and works on what it read
+
+
+def test_settle_wakes_when_the_last_pass_at_work_ends():
+    """A stop blocked in settle() returns as soon as the pass it waits for ends, with no polling delay."""
+    live = Liveness()
+    live.begin("sales")
+    left: list[list[str] | None] = []
+    waiter = threading.Thread(target=lambda: left.append(live.settle(timeout=30)))
+    waiter.start()
+    live.end("sales")
+    waiter.join(timeout=30)
+    assert left == [[]]
+
+
+def test_watched_fetch_reads_only_while_waiting_for_the_next_message(tmp_path: Path):
+    """Between two fetched messages (the pass's own work on one) the pass is not reading, so a stop waits for it."""
+    box = mailbox.Maildir(tmp_path / "Maildir")
+    for i in range(2):
+        box.add(f"From: a@example.com\nSubject: {i}\nMessage-ID: <{i}@example.com>\n\nbody\n".encode())
+    live = Liveness()
+    live.begin("arch")
+    with live.watch(open_source)(MailboxSettings(name="arch", maildir=tmp_path / "Maildir")) as source:
+        source.select(source.folders()[0].name)
+        for _ in source.fetch(source.uids_after(0)):
+            assert live.settle(timeout=0) is None
+    assert live.settle(timeout=0) is None  # the pass itself has not ended
+    live.end("arch")
+    assert live.settle(timeout=0) == []

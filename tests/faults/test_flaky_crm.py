@@ -308,7 +308,7 @@ def test_random_faults_deliver_every_message_exactly_once(tmp_path: Path, imap_u
         expirer.start()
         try:
             wait_until(lambda: _exactly_once(crm_server, n) and all_final(config, n), f"{n} messages final",
-                     proc=d.proc, timeout=120 * SOAK)
+                       proc=d.proc, timeout=120 * SOAK)
         finally:
             stop.set()
             expirer.join()

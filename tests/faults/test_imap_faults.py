@@ -128,6 +128,26 @@ class StallingProxy:
             dst.shutdown(socket.SHUT_WR)
 
 
+def test_sigterm_does_not_wait_for_a_hung_server(tmp_path: Path, imap_user: ImapUser, crm_server: SandboxServer):
+    """SIGTERM while the IMAP connection hangs mid-run exits 0 without waiting out the 600 s IMAP timeout
+    (the pass blocked in IMAP has nothing half-sent); the next start delivers the rest, each message once."""
+    proxy = StallingProxy(imap_user.port)
+    try:
+        config = write_config(tmp_path / "syncd.toml", crm_server, {"sales": imap_user}, extra="batch_size = 2\n")
+        config.write_text(config.read_text().replace(f"port = {imap_user.port}", f"port = {proxy.port}")
+                          .replace("timeout = 5\n", "timeout = 600\n"))
+        imap_user.append_many("INBOX", _mails("s", 12))
+        with daemon(config) as d:  # its stop waits 60 s at most for exit 0
+            wait_until(lambda: len(crm_server.received()) >= 3, "3 messages in", proc=d.proc)
+            proxy.freeze()
+        assert any(e.get("event") == "left_reading" and e.get("mailboxes") == ["sales"] for e in d.events)
+        done = syncd("once", "-c", str(config))
+    finally:
+        proxy.close()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(crm_server.received()) == 12 and max(copies(crm_server).values()) == 1
+
+
 def test_connection_that_hangs_mid_run_times_out_and_the_next_poll_goes_on(tmp_path: Path, imap_user: ImapUser,
                                                                             crm_server: SandboxServer):
     """An IMAP connection frozen mid-run (no answer, no close) times out after the mailbox's timeout; the next poll reconnects and every message lands once."""
@@ -141,7 +161,7 @@ def test_connection_that_hangs_mid_run_times_out_and_the_next_poll_goes_on(tmp_p
             wait_until(lambda: len(crm_server.received()) >= 3, "3 messages in", proc=d.proc)
             proxy.freeze()
             wait_until(lambda: len(crm_server.received()) == 12 and all_final(config, 12), "12 messages final",
-                     proc=d.proc)
+                       proc=d.proc)
     finally:
         proxy.close()
     assert max(copies(crm_server).values()) == 1
