@@ -137,9 +137,11 @@ def test_sigterm_does_not_wait_for_a_hung_server(tmp_path: Path, imap_user: Imap
         config.write_text(config.read_text().replace(f"port = {imap_user.port}", f"port = {proxy.port}")
                           .replace("timeout = 5\n", "timeout = 600\n"))
         imap_user.append_many("INBOX", _mails("s", 12))
+        crm_server.inject(r"associate_email", delay=1.0)  # the freeze lands while batches remain to FETCH
         with daemon(config) as d:  # its stop waits 60 s at most for exit 0
-            wait_until(lambda: len(crm_server.received()) >= 3, "3 messages in", proc=d.proc)
+            wait_until(lambda: not crm_server._faults, "the first send to be held", proc=d.proc)
             proxy.freeze()
+            wait_until(lambda: len(crm_server.received()) >= 2, "the first batch in", proc=d.proc)
         assert any(e.get("event") == "left_reading" and e.get("mailboxes") == ["sales"] for e in d.events)
         done = syncd("once", "-c", str(config))
     finally:
@@ -157,8 +159,11 @@ def test_connection_that_hangs_mid_run_times_out_and_the_next_poll_goes_on(tmp_p
         config.write_text(config.read_text().replace(f"port = {imap_user.port}", f"port = {proxy.port}")
                           .replace("timeout = 5\n", "timeout = 2\n"))
         imap_user.append_many("INBOX", _mails("h", 12))
+        # The first send is held a second: the freeze lands while the pass still has batches to FETCH
+        # (unheld, 12 small messages can all be in before the test looks).
+        crm_server.inject(r"associate_email", delay=1.0)
         with daemon(config) as d:
-            wait_until(lambda: len(crm_server.received()) >= 3, "3 messages in", proc=d.proc)
+            wait_until(lambda: not crm_server._faults, "the first send to be held", proc=d.proc)
             proxy.freeze()
             wait_until(lambda: len(crm_server.received()) == 12 and all_final(config, 12), "12 messages final",
                        proc=d.proc)
