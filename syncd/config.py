@@ -294,7 +294,7 @@ def _match(raw: dict[str, Any], file: str, prefix: str, base: MatchSettings, pro
 
 
 def _mailbox(raw: dict[str, Any], file: str, prefix: str, secret: _SecretReader, problems: list[Problem],
-             match: MatchSettings = MatchSettings()) -> MailboxSettings | None:
+             match: MatchSettings = MatchSettings(), ledger: Path | None = None) -> MailboxSettings | None:
     try:
         t = _MailboxTable.model_validate(raw)
     except ValidationError as err:
@@ -317,7 +317,7 @@ def _mailbox(raw: dict[str, Any], file: str, prefix: str, secret: _SecretReader,
                 env_var=_env_name("MAILBOX", t.name, "PASSWORD"), credential=t.name,
             )
         else:
-            oauth = _oauth(t, file, prefix, secret, problems)
+            oauth = _oauth(t, file, prefix, secret, problems, ledger)
         if t.security == "none" and t.host and not t.allow_insecure and not is_loopback(t.host):
             problems.append(
                 Problem(file, f"{prefix}.security", f"plaintext IMAP to {t.host} would expose the password",
@@ -355,8 +355,12 @@ def _mailbox(raw: dict[str, Any], file: str, prefix: str, secret: _SecretReader,
     )
 
 
-def _oauth(t: _MailboxTable, file: str, prefix: str, secret: _SecretReader, problems: list[Problem]) -> OAuthSettings:
-    """The OAuth client of a mailbox that logs in with an access token (``auth`` = xoauth2 / oauthbearer)."""
+def _oauth(t: _MailboxTable, file: str, prefix: str, secret: _SecretReader, problems: list[Problem],
+           ledger: Path | None) -> OAuthSettings:
+    """The OAuth client of a mailbox that logs in with an access token (``auth`` = xoauth2 / oauthbearer).
+
+    A refresh token the provider rotates is kept beside ``ledger`` (``oauth_state_path``).
+    """
     url = t.oauth_token_url or ""
     if not url:
         problems.append(Problem(file, f"{prefix}.oauth_token_url", "no value given",
@@ -371,7 +375,8 @@ def _oauth(t: _MailboxTable, file: str, prefix: str, secret: _SecretReader, prob
         secret(t, key, file=file, prefix=prefix, env_var=_env_name("MAILBOX", t.name, key), credential=f"{t.name}.{key}")
         for key in ("oauth_client_secret", "oauth_refresh_token")
     )
-    return OAuthSettings(url, t.oauth_client_id, client_secret, refresh_token, t.oauth_scope)
+    return OAuthSettings(url, t.oauth_client_id, client_secret, refresh_token, t.oauth_scope,
+                         state_file=oauth_state_path(ledger, t.name) if ledger else None)
 
 
 def _metrics(raw: dict[str, Any], file: str, problems: list[Problem], env: Mapping[str, str]) -> MetricsSettings:
@@ -422,7 +427,9 @@ def load(path: Path, env: Mapping[str, str] | None = None, only: Collection[str]
 
     match = _match(main.match, file, "match", MatchSettings(modules=crm.modules if crm else ("Contacts", "Leads")), problems)
     metrics = _metrics(main.metrics, file, problems, env)
-    mailboxes = [_mailbox(m, file, f"mailbox[{i}]", secret, problems, match) for i, m in enumerate(main.mailbox) if _wanted(m, only)]
+    at = ledger.path if ledger else None
+    mailboxes = [_mailbox(m, file, f"mailbox[{i}]", secret, problems, match, at)
+                 for i, m in enumerate(main.mailbox) if _wanted(m, only)]
     for extra in sorted((base / "mailboxes.d").glob("*.toml")):
         doc = _read_toml(extra, problems)
         if doc is None:
@@ -432,7 +439,7 @@ def load(path: Path, env: Mapping[str, str] | None = None, only: Collection[str]
             continue
         if not _wanted(doc["mailbox"], only):
             continue
-        mailboxes.append(_mailbox(doc["mailbox"], str(extra), "mailbox", secret, problems, match))
+        mailboxes.append(_mailbox(doc["mailbox"], str(extra), "mailbox", secret, problems, match, at))
 
     found = [m for m in mailboxes if m is not None]
     for name in only:
@@ -460,6 +467,12 @@ def _default_ledger(env: Mapping[str, str]) -> Path:
     """Under systemd's ``StateDirectory=`` (one per ``syncd@`` instance) the ledger lives there."""
     state = env.get("STATE_DIRECTORY", "").split(":")[0]
     return Path(state) / "ledger.sqlite3" if state else DEFAULT_LEDGER
+
+
+def oauth_state_path(ledger: Path, mailbox: str) -> Path:
+    """Where a mailbox's rotated OAuth refresh token is kept (syncd.source.oauth): beside the ledger, like
+    its lock (``LEDGER-MAILBOX.lock``), so in ``$STATE_DIRECTORY`` under systemd; never in the ledger itself."""
+    return ledger.with_name(f"{ledger.name}-{mailbox}.oauth.json")
 
 
 def locate(option: str | None, env: Mapping[str, str] | None = None) -> tuple[Path, bool]:

@@ -198,6 +198,9 @@ class OAuthSettings:
     refresh_token: Secret
     scope: str = ""
     """Sent with each refresh when set (Microsoft wants e.g. ``https://outlook.office.com/IMAP.AccessAsUser.All``)."""
+    state_file: Path | None = None
+    """Where a refresh token the provider rotates is kept across restarts (``LEDGER-MAILBOX.oauth.json``,
+    mode 0600); None: only in memory. syncd's own state, so the configured token's file is never written."""
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import stat
 import subprocess
 import sys
 from dataclasses import replace
@@ -10,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from syncd import config
+from syncd import config, log
 from syncd.errors import ConfigError, SourceAuthError, SourceError
 from syncd.sandbox import SandboxServer
 from syncd.settings import Secret
 from syncd.source import open_source
 from syncd.source.oauth import AccessTokens
+from tests.test_settings import SyncdLog
 from tests.fixtures.oauth import OAuthProvider, OAuthUser, oauth_dovecot, oauth_provider, oauth_user  # noqa: F401
 from tests.test_pipeline import config_file  # noqa: F401 - a fixture: the end-to-end config
 
@@ -209,3 +213,153 @@ def test_once_syncs_an_oauth_mailbox_without_printing_tokens(config_file: Path, 
     assert len(new_tokens) == 1
     for secret in (*new_tokens, oauth_user.grant.client_secret, oauth_user.grant.refresh_token, oauth_user.imap.password):
         assert secret not in done.stdout + done.stderr
+
+
+# Rotated refresh tokens kept across restarts (syncd/source/oauth.py, OAuthSettings.state_file). A new
+# AccessTokens is what a restart gives (tokens_for makes one per process); the subprocess test restarts for real.
+
+def rotating(user: OAuthUser, tmp_path: Path, token_file: Path | None = None, state: Path | None = None):
+    """``user``'s settings, its provider now rotating refresh tokens (Microsoft), kept in a state file beside a ledger."""
+    user.grant.rotate = True  # the provider holds this very Grant: its refreshes now answer a new refresh token too
+    settings = user.settings()
+    if token_file is not None:
+        settings = with_token_file(settings, token_file, user.grant.refresh_token)
+    state = state or tmp_path / f"ledger.sqlite3-{settings.name}.oauth.json"
+    return replace(settings, oauth=replace(settings.oauth, state_file=state))
+
+
+def restart(settings) -> str:
+    """An access token from a fresh holder: what a new syncd process does at its first login."""
+    return AccessTokens(settings.name, settings.oauth).token()
+
+
+def stored(settings) -> dict:
+    return json.loads(settings.oauth.state_file.read_text())
+
+
+def test_config_keeps_the_rotated_token_beside_the_ledger(config_file: Path, oauth_user: OAuthUser,  # noqa: F811
+                                                           tmp_path: Path):
+    """The state file is LEDGER-MAILBOX.oauth.json beside [ledger] path, or beside the default ledger in $STATE_DIRECTORY."""
+    path = oauth_config(config_file, oauth_user, secret_line='oauth_client_secret = "x"')
+    box = config.load(path, env={}).mailboxes[1]
+    assert box.oauth.state_file == config_file.parent / "ledger.sqlite3-gmail.oauth.json"
+    config_file.write_text(config_file.read_text().replace('path = "ledger.sqlite3"\n', ""))
+    box = config.load(path, env={"STATE_DIRECTORY": str(tmp_path / "state")}).mailboxes[1]
+    assert box.oauth.state_file == tmp_path / "state" / "ledger.sqlite3-gmail.oauth.json"
+
+
+def test_restart_logs_in_with_the_stored_rotated_token(config_file: Path, oauth_user: OAuthUser,  # noqa: F811
+                                                       oauth_provider: OAuthProvider, crm_server: SandboxServer):
+    """The provider rotates, then the configured token expires: the next `syncd once` process logs in with the stored rotation."""
+    oauth_user.grant.rotate = True
+    path = oauth_config(config_file, oauth_user, secret_line=f'oauth_client_secret = "{oauth_user.grant.client_secret}"')
+    state = config_file.parent / "ledger.sqlite3-gmail.oauth.json"
+    once = [sys.executable, "-m", "syncd", "--log-level", "debug", "once", "-c", str(path)]
+    oauth_user.imap.append("INBOX", MESSAGE)
+    first = subprocess.run(once, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert oauth_provider.used[-1] == oauth_user.grant.refresh_token
+    rotated = oauth_provider.refresh_tokens[-1]
+    assert json.loads(state.read_text())["refresh_token"] == rotated
+    oauth_provider.revoke_refresh_token(oauth_user.grant.refresh_token)  # the token the operator pasted has expired
+    oauth_user.imap.append("INBOX", MESSAGE.replace(b"<oa1@x>", b"<oa2@x>"))
+    second = subprocess.run(once, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 0, second.stderr
+    assert oauth_provider.used[-1] == rotated
+    assert [e.original_message_id for e in crm_server.received()] == ["oa1@x", "oa2@x"]
+    assert "oauth_refresh_token_restored" in second.stdout + second.stderr
+    assert json.loads(state.read_text())["refresh_token"] == oauth_provider.refresh_tokens[-1] != rotated
+
+
+def test_new_configured_token_voids_the_stored_one(oauth_user: OAuthUser, oauth_provider: OAuthProvider, tmp_path: Path):
+    """An operator's new refresh token wins over the stored rotation at the next start, and replaces it in the state file."""
+    token_file = tmp_path / "refresh"
+    settings = rotating(oauth_user, tmp_path, token_file)
+    restart(settings)
+    old = stored(settings)
+    fresh = oauth_provider.reissue(oauth_user.grant)
+    write_token(token_file, fresh)
+    with SyncdLog() as logged:
+        restart(settings)
+    assert oauth_provider.used[-1] == fresh
+    assert logged.events("oauth_state_outdated") and not logged.events("oauth_refresh_token_restored")
+    new = stored(settings)
+    assert new["refresh_token"] == oauth_provider.refresh_tokens[-1] != old["refresh_token"]
+    assert new["configured_sha256"] == hashlib.sha256(fresh.encode()).hexdigest() != old["configured_sha256"]
+
+
+@pytest.mark.parametrize("damage", ["cut short", "not UTF-8", "no token", "a directory"])
+def test_unusable_state_file_warns_and_uses_the_configured_token(oauth_user: OAuthUser, oauth_provider: OAuthProvider,
+                                                                tmp_path: Path, damage: str):
+    """A corrupt or unreadable state file: a warning naming its path, and the configured token logs in."""
+    settings = rotating(oauth_user, tmp_path)
+    state = settings.oauth.state_file
+    if damage == "a directory":
+        state.mkdir()
+    else:
+        state.write_bytes({"cut short": b'{"refresh_token": "1//abc', "not UTF-8": b"\xff\xfe{}",
+                           "no token": b'{"configured_sha256": "00"}'}[damage])
+    with SyncdLog() as logged:
+        token = restart(settings)
+    assert oauth_provider.used[-1] == oauth_user.grant.refresh_token and oauth_provider.introspect(token)["active"]
+    (warning,) = logged.events("oauth_state_unusable")
+    assert warning["level"] == "warning" and warning["path"] == str(state)
+    if damage != "a directory":  # replaced by the rotation that refresh brought
+        assert stored(settings)["refresh_token"] == oauth_provider.refresh_tokens[-1]
+
+
+def test_state_file_is_private_and_its_token_is_never_logged(oauth_user: OAuthUser, oauth_provider: OAuthProvider,
+                                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The state file is mode 0600 with no temporary file left beside it; the token read back is redacted, and no log line holds a token."""
+    settings = rotating(oauth_user, tmp_path)
+    with SyncdLog() as logged:
+        restart(settings)
+        state = settings.oauth.state_file
+        assert stat.S_IMODE(state.stat().st_mode) == 0o600
+        assert [p.name for p in tmp_path.iterdir()] == [state.name]
+        kept = stored(settings)["refresh_token"]
+        redacted: list[str] = []
+        real = log.redact
+        monkeypatch.setattr(log, "redact", lambda *values: (redacted.extend(values), real(*values)))
+        restart(settings)
+    assert oauth_provider.used[-1] == kept and kept in redacted
+    assert logged.events("oauth_refresh_token_restored")
+    for secret in (*oauth_provider.refresh_tokens[-3:], *oauth_provider.issued[-2:], oauth_user.grant.client_secret):
+        assert secret not in logged.text
+
+
+def test_refused_stored_token_falls_back_to_the_configured_one(oauth_user: OAuthUser, oauth_provider: OAuthProvider,
+                                                               tmp_path: Path):
+    """A stored rotation the provider refuses (invalid_grant): one more try with the configured token; both refused: invalid_grant."""
+    settings = rotating(oauth_user, tmp_path)
+    restart(settings)
+    oauth_provider.revoke_refresh_token(stored(settings)["refresh_token"])
+    with SyncdLog() as logged:
+        token = restart(settings)
+    assert oauth_provider.used[-1] == oauth_user.grant.refresh_token and oauth_provider.introspect(token)["active"]
+    (refused,) = logged.events("oauth_refresh_token_refused")
+    assert refused["level"] == "warning" and refused["token"] == "stored"
+    assert [e["token"] for e in logged.events("oauth_refresh_token_used")] == ["configured"]
+    assert stored(settings)["refresh_token"] == oauth_provider.refresh_tokens[-1]
+    oauth_provider.revoke_refresh_token(stored(settings)["refresh_token"])
+    oauth_provider.revoke_refresh_token(oauth_user.grant.refresh_token)
+    refreshes = oauth_provider.refreshes
+    with pytest.raises(SourceAuthError, match="invalid_grant.*oauth_refresh_token"):
+        restart(settings)
+    assert oauth_provider.refreshes == refreshes
+
+
+def test_unwritable_state_file_warns_once_and_keeps_the_rotation_in_memory(oauth_user: OAuthUser,
+                                                                          oauth_provider: OAuthProvider, tmp_path: Path):
+    """The state file cannot be written (its directory is gone): one warning naming it; the rotated token is still used."""
+    settings = rotating(oauth_user, tmp_path, state=tmp_path / "gone" / "ledger.sqlite3-m.oauth.json")
+    now = [1000.0]
+    tokens = AccessTokens("m", settings.oauth, clock=lambda: now[0])
+    with SyncdLog() as logged:
+        tokens.token()
+        rotated = oauth_provider.refresh_tokens[-1]
+        now[0] += 3600
+        tokens.token()
+    assert oauth_provider.used[-1] == rotated
+    (warning,) = logged.events("oauth_state_unwritable")
+    assert warning["level"] == "warning" and warning["path"] == str(settings.oauth.state_file)
