@@ -187,7 +187,7 @@ class _SecretReader:
         path = getattr(table, f"{key}_file")
         if inline and path:
             self.problems.append(
-                Problem(file, f"{prefix}.{key}", f"both {key} and {key}_file are set", f"keep only one of them")
+                Problem(file, f"{prefix}.{key}", f"both {key} and {key}_file are set", "keep only one of them")
             )
         if inline:
             return Secret(inline)
