@@ -15,6 +15,7 @@ from syncd.sandbox import SandboxServer
 from syncd.source.imap import ImapSource
 from tests.faults.conftest import SOAK
 from tests.faults.daemon import all_final, copies, daemon, write_config
+from tests.fixtures.crm import Hold
 from tests.fixtures.dovecot import Dovecot, ImapUser
 from tests.fixtures.wait import wait_until
 from tests.test_pipeline import OWN, mail, syncd
@@ -96,6 +97,8 @@ class StallingProxy:
         self._generation = 0
         self._frozen = -1
         self._closed = threading.Event()
+        self.holding = threading.Event()
+        """Set once a frozen connection has bytes to relay: its peer now waits for an answer that never comes."""
         threading.Thread(target=self._accept, daemon=True).start()
 
     def freeze(self) -> None:
@@ -121,6 +124,7 @@ class StallingProxy:
         with contextlib.suppress(OSError):
             while data := src.recv(65536):
                 if generation <= self._frozen:
+                    self.holding.set()
                     self._closed.wait()  # hold the bytes: the peer waits until its own timeout
                     return
                 dst.sendall(data)
@@ -133,15 +137,18 @@ def test_sigterm_does_not_wait_for_a_hung_server(tmp_path: Path, imap_user: Imap
     (the pass blocked in IMAP has nothing half-sent); the next start delivers the rest, each message once."""
     proxy = StallingProxy(imap_user.port)
     try:
-        config = write_config(tmp_path / "syncd.toml", crm_server, {"sales": imap_user}, extra="batch_size = 2\n")
+        config = write_config(tmp_path / "syncd.toml", crm_server, {"sales": imap_user}, timeout=60,
+                              extra="batch_size = 2\n")
         config.write_text(config.read_text().replace(f"port = {imap_user.port}", f"port = {proxy.port}")
-                          .replace("timeout = 5\n", "timeout = 600\n"))
+                          .replace("timeout = 5\n", "timeout = 600\n"))  # the mailbox's (the CRM's is 60)
         imap_user.append_many("INBOX", _mails("s", 12))
-        crm_server.inject(r"associate_email", delay=1.0)  # the freeze lands while batches remain to FETCH
+        first = Hold(crm_server, r"associate_email")  # the freeze lands while batches remain to FETCH
         with daemon(config) as d:  # its stop waits 60 s at most for exit 0
-            wait_until(lambda: not crm_server._faults, "the first send to be held", proc=d.proc)
+            wait_until(first.arrived.is_set, "the first send to be held", proc=d.proc)
             proxy.freeze()
+            first.release()
             wait_until(lambda: len(crm_server.received()) >= 2, "the first batch in", proc=d.proc)
+            wait_until(proxy.holding.is_set, "the pass to hang on its next FETCH", proc=d.proc)
         assert any(e.get("event") == "left_reading" and e.get("mailboxes") == ["sales"] for e in d.events)
         done = syncd("once", "-c", str(config))
     finally:
@@ -155,16 +162,18 @@ def test_connection_that_hangs_mid_run_times_out_and_the_next_poll_goes_on(tmp_p
     """An IMAP connection frozen mid-run (no answer, no close) times out after the mailbox's timeout; the next poll reconnects and every message lands once."""
     proxy = StallingProxy(imap_user.port)
     try:
-        config = write_config(tmp_path / "syncd.toml", crm_server, {"sales": imap_user}, extra="batch_size = 2\n")
+        config = write_config(tmp_path / "syncd.toml", crm_server, {"sales": imap_user}, timeout=60,
+                              extra="batch_size = 2\n")
         config.write_text(config.read_text().replace(f"port = {imap_user.port}", f"port = {proxy.port}")
-                          .replace("timeout = 5\n", "timeout = 2\n"))
+                          .replace("timeout = 5\n", "timeout = 2\n"))  # the mailbox's (the CRM's is 60)
         imap_user.append_many("INBOX", _mails("h", 12))
-        # The first send is held a second: the freeze lands while the pass still has batches to FETCH
+        # The first send is held until the freeze: it lands while the pass still has batches to FETCH
         # (unheld, 12 small messages can all be in before the test looks).
-        crm_server.inject(r"associate_email", delay=1.0)
+        first = Hold(crm_server, r"associate_email")
         with daemon(config) as d:
-            wait_until(lambda: not crm_server._faults, "the first send to be held", proc=d.proc)
+            wait_until(first.arrived.is_set, "the first send to be held", proc=d.proc)
             proxy.freeze()
+            first.release()
             wait_until(lambda: len(crm_server.received()) == 12 and all_final(config, 12), "12 messages final",
                        proc=d.proc)
     finally:
