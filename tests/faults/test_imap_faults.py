@@ -215,12 +215,19 @@ def test_renamed_folder_keeps_its_checkpoint_and_the_others_go_on(tmp_path: Path
 def test_message_expunged_between_search_and_fetch_is_not_waited_for(tmp_path: Path, imap_user: ImapUser,
                                                                      crm_server: SandboxServer):
     """A message expunged after the SEARCH (while an earlier one is in the CRM) is passed over; the pass completes."""
-    config = write_config(tmp_path / "syncd.toml", crm_server, {"sales": imap_user}, extra="batch_size = 1\n")
+    config = write_config(tmp_path / "syncd.toml", crm_server, {"sales": imap_user}, timeout=60,
+                          extra="batch_size = 1\n")
     uids = imap_user.append_many("INBOX", _mails("x", 4))
-    crm_server.inject(r"associate_email", delay=1.5)  # holds the pass at the first message
-    expunged = threading.Thread(target=lambda: (
-        wait_until(lambda: not crm_server._faults, "the first associate call under way"),
-        imap_user.expunge("INBOX", uids[2])))
+    first = Hold(crm_server, r"associate_email")  # holds the pass at the first message until the expunge is done
+
+    def expunge_while_held() -> None:
+        try:
+            if first.arrived.wait(60):
+                imap_user.expunge("INBOX", uids[2])
+        finally:
+            first.release()
+
+    expunged = threading.Thread(target=expunge_while_held)
     expunged.start()
     done = syncd("once", "-c", str(config))
     expunged.join()
