@@ -44,17 +44,25 @@ def _events(stderr: str, name: str) -> list[dict]:
 def test_dovecot_restart_and_kick_mid_run_lose_and_duplicate_nothing(tmp_path: Path, dovecot: Dovecot,
                                                                      imap_user: ImapUser, crm_server: SandboxServer):
     """`syncd run` fetching in batches of 2 survives a Dovecot restart and a kick of its user: every message lands once."""
-    config = write_config(tmp_path / "syncd.toml", crm_server, {"sales": imap_user}, extra="batch_size = 2\n")
+    config = write_config(tmp_path / "syncd.toml", crm_server, {"sales": imap_user}, timeout=60,
+                          extra="batch_size = 2\n")
     imap_user.append_many("INBOX", _mails("r", 30))
+    # The 7th and the 15th sends are held while Dovecot restarts and while the user is kicked, so both land
+    # mid-run, with batches left to FETCH (unheld, 30 small messages can all be in before the test looks).
+    restart_at = Hold(crm_server, r"associate_email", nth=7)
+    kick_at = Hold(crm_server, r"associate_email", nth=15)
     with daemon(config) as d:
-        wait_until(lambda: len(crm_server.received()) >= 6, "6 messages in", proc=d.proc)
+        wait_until(restart_at.arrived.is_set, "6 messages in and the 7th held", proc=d.proc)
         dovecot.restart()
-        wait_until(lambda: len(crm_server.received()) >= 14, "14 messages in", proc=d.proc)
+        restart_at.release()
+        wait_until(kick_at.arrived.is_set, "14 messages in and the 15th held", proc=d.proc)
         dovecot.kick(imap_user.username)
+        kick_at.release()
         wait_until(lambda: len(crm_server.received()) == 30 and all_final(config, 30), "30 messages final", proc=d.proc)
     assert max(copies(crm_server).values()) == 1
     assert _ids(crm_server) == sorted(f"r{i}@imap.example" for i in range(30))
     lost = [e for e in d.events if e.get("event") == "pass_failed"]
+    assert len(lost) >= 2, "the restart and the kick must each have cut a pass short"
     print(f"\nIMAP faults: 1 Dovecot restart + 1 kick, {len(lost)} pass(es) cut short, "
           f"30/30 delivered, {_writes(crm_server) - 30} resends")
 
