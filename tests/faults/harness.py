@@ -148,8 +148,11 @@ class Mailbox:
                 account.append_many("INBOX", [m for m, mine in zip(batch, ours) if not mine][::order])
 
     def config(self, server: SandboxServer, name: str = "syncd", *, poll_interval: int = 1,
-               ledger: Path | None = None) -> Path:
-        """A config file syncing this mailbox into ``server`` with a ledger of its own (default ``<name>.sqlite3``)."""
+               ledger: Path | None = None, crm_timeout: float = 10) -> Path:
+        """A config file syncing this mailbox into ``server`` with a ledger of its own (default ``<name>.sqlite3``).
+
+        ``crm_timeout``: longer than a test holds a request in the sandbox (``tests.fixtures.crm.Hold``).
+        """
         client_id, client_secret, refresh_token = server.credentials()
         path = self.workdir / f"{name}.toml"
         path.write_text(f"""
@@ -159,7 +162,7 @@ client_secret = "{client_secret}"
 refresh_token = "{refresh_token}"
 api_domain = "{server.url}"
 accounts_url = "{server.url}"
-timeout = 10
+timeout = {crm_timeout:g}
 
 [ledger]
 path = "{ledger or self.workdir / f'{name}.sqlite3'}"

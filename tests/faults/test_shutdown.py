@@ -1,4 +1,4 @@
-"""Shutdown: real signals to `syncd once` and `syncd run` while a message is in flight (held by a slow CRM answer).
+"""Shutdown: real signals to `syncd once` and `syncd run` while a message is in flight (its CRM answer held back).
 
 First SIGTERM/SIGINT: the message in flight is finished and recorded, no new one is started, exit 0.
 Second: exit at once (128 + signal); the send it cut short is caught as DUPLICATE_DATA on the next pass.
@@ -15,10 +15,8 @@ import pytest
 
 from bench.corpus import OWN
 from tests.faults.harness import Mailbox, RecordingSandbox, query, syncd, syncd_command
+from tests.fixtures.crm import Hold
 from tests.fixtures.wait import wait_until
-
-IN_FLIGHT = 5.0
-"""How long the sandbox holds the first associate_email answer: the window in which the signals arrive."""
 
 
 def plain(i: int, sender: str) -> bytes:
@@ -29,17 +27,18 @@ def plain(i: int, sender: str) -> bytes:
     return bytes(m)
 
 
-def start_held(command: str, mailbox: Mailbox, crm: RecordingSandbox, hold: float) -> tuple[subprocess.Popen, Path]:
-    """Three mails from one Contact; start ``syncd COMMAND`` and return once its first associate_email is held."""
+def start_held(command: str, mailbox: Mailbox, crm: RecordingSandbox) -> tuple[subprocess.Popen, Path, Hold]:
+    """Three mails from one Contact; start ``syncd COMMAND`` and return once its first associate_email is held
+    (unanswered until the test releases it: the signals arrive while it is in flight, however slow the machine)."""
     mailbox.account.append_many("INBOX", [plain(i, mailbox.people[0][1]) for i in range(3)])
-    crm.inject(r"associate_email", delay=hold)
-    config = mailbox.config(crm)
+    held = Hold(crm, r"associate_email")
+    config = mailbox.config(crm, crm_timeout=120)
     log = config.with_suffix(".log")
     with log.open("wb") as err:
         proc = subprocess.Popen(syncd_command(command, "-c", str(config)), stdout=subprocess.DEVNULL, stderr=err)
-    wait_until(lambda: associate_calls(crm) or proc.poll() is not None, "the first associate_email to arrive")
+    wait_until(lambda: held.arrived.is_set() or proc.poll() is not None, "the first associate_email to arrive")
     assert proc.poll() is None, log.read_text()[-3000:]
-    return proc, config
+    return proc, config, held
 
 
 def associate_calls(crm: RecordingSandbox) -> int:
@@ -60,9 +59,10 @@ def stop(proc: subprocess.Popen, signum: int, log: Path) -> None:
 def test_first_signal_finishes_the_message_in_flight_then_exits_0(command: str, signum: int, mailbox: Mailbox,
                                                                    crm: RecordingSandbox):
     """One signal mid-send: that message is associated and recorded done, no further one is started, exit code 0."""
-    proc, config = start_held(command, mailbox, crm, IN_FLIGHT)
+    proc, config, held = start_held(command, mailbox, crm)
     try:
         stop(proc, signum, config.with_suffix(".log"))
+        held.release()
         assert proc.wait(timeout=60) == 0, config.with_suffix(".log").read_text()[-3000:]
     finally:
         proc.kill()
@@ -80,14 +80,15 @@ def test_first_signal_finishes_the_message_in_flight_then_exits_0(command: str, 
 def test_second_signal_exits_at_once_and_the_cut_send_is_not_duplicated(command: str, mailbox: Mailbox,
                                                                         crm: RecordingSandbox):
     """A second SIGTERM exits 143 before the send in flight is answered; the next pass resends it and gets DUPLICATE_DATA."""
-    proc, config = start_held(command, mailbox, crm, IN_FLIGHT)
+    proc, config, held = start_held(command, mailbox, crm)
     try:
         stop(proc, signal.SIGTERM, config.with_suffix(".log"))
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+        assert crm.received() == [], "exited only after the held answer: not 'at once'"
     finally:
         proc.kill()
-    assert crm.received() == [], "exited only after the held answer: not 'at once'"
+        held.release()
     assert states(config) == {}
     wait_until(crm.received, "the held send to land in the CRM after syncd is gone")
 
