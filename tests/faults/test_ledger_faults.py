@@ -27,6 +27,7 @@ from tests.faults.harness import (
     syncd,
     syncd_command,
 )
+from tests.fixtures.crm import Hold
 from tests.fixtures.wait import wait_until
 
 
@@ -102,18 +103,19 @@ def test_read_only_ledger_refuses_to_start_and_sends_nothing(mailbox: Mailbox, c
 def test_full_disk_mid_pass_stops_sending_and_loses_nothing(mailbox: Mailbox, crm: RecordingSandbox, disk: Path):
     """The ledger's disk fills while a send is in flight: its outcome cannot be recorded, so nothing more is sent; freed, the pass resumes once."""
     ledger = disk / "ledger.sqlite3"
-    config = mailbox.config(crm, ledger=ledger)
+    config = mailbox.config(crm, ledger=ledger, crm_timeout=60)
     mailbox.add(10)
-    crm.inject(r"associate_email", delay=1.0)
+    in_flight = Hold(crm, r"associate_email")  # answered once the disk is full, however long filling it takes
     proc = subprocess.Popen(syncd_command("once", "-c", str(config)), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
-        wait_until(lambda: any(p.endswith("/associate_email") for _, p in crm.arrived) or proc.poll() is not None,
-                 "the first associate_email")
+        wait_until(lambda: in_flight.arrived.is_set() or proc.poll() is not None, "the first associate_email")
         filler = fill(disk)
+        in_flight.release()
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
+        in_flight.release()
     assert proc.returncode == 1, err[-3000:]
     assert f"ledger {ledger}: the disk is full" in err and "free space" in err
     assert_no_secrets(err, crm, mailbox)
@@ -133,16 +135,17 @@ def test_daemon_keeps_going_through_a_full_disk_and_drains_when_freed(mailbox: M
                                                                       disk: Path):
     """`syncd run` with a full ledger disk logs the problem each poll and stays up; once space is freed the backlog drains, once."""
     ledger = disk / "ledger.sqlite3"
-    config = mailbox.config(crm, ledger=ledger)
+    config = mailbox.config(crm, ledger=ledger, crm_timeout=60)
     mailbox.add(10)
     expected = sum(reference(mailbox).values())
-    crm.inject(r"associate_email", delay=1.0)
+    in_flight = Hold(crm, r"associate_email")  # answered once the disk is full, however long filling it takes
     log = config.with_suffix(".log")
     with log.open("wb") as err:
         proc = subprocess.Popen(syncd_command("run", "-c", str(config)), stdout=subprocess.DEVNULL, stderr=err)
     try:
-        wait_until(lambda: any(p.endswith("/associate_email") for _, p in crm.arrived), "the first associate_email")
+        wait_until(in_flight.arrived.is_set, "the first associate_email", proc=proc)
         filler = fill(disk)
+        in_flight.release()
         wait_until(lambda: failed_polls(log) >= 2, "two polls failing on the full disk")
         assert proc.poll() is None, "the daemon must keep going"
         filler.unlink()
@@ -151,6 +154,7 @@ def test_daemon_keeps_going_through_a_full_disk_and_drains_when_freed(mailbox: M
         assert proc.wait(timeout=60) == 0
     finally:
         proc.kill()
+        in_flight.release()
     assert_exactly_once(crm, mailbox, config, faults=1, ledger=ledger, note="daemon through a full disk")
 
 
