@@ -150,6 +150,9 @@ def test_reads_retry_transient_faults_with_backoff(crm: ZohoCrm, crm_server: San
     """500 then 429 on a search are retried (sleep injected), honouring Retry-After."""
     crm_server.inject(r"/search$", status=500)
     crm_server.inject(r"/search$", status=429, headers={"Retry-After": "7"})
+    # The rate gate's clock stands still (sleeps are injected): its wait is the whole Retry-After, not
+    # 7 s less however long this thread was descheduled between the 429 and the retry.
+    crm._gate._clock = lambda: 1000.0  # noqa: SLF001
     assert crm.search_by_email("Leads", "lena@prospect.example")
     assert crm.calls["search"] == 3 and len(sleeps) == 2 and 6.5 <= sleeps[1] <= 7  # the rate gate waits it out
 
