@@ -20,10 +20,8 @@ from syncd.metrics import MetricsServer, parse_listen
 from syncd.sandbox import SandboxServer
 from syncd.settings import LedgerSettings, Secret, Settings
 from tests.fixtures.dovecot import ImapUser
+from tests.fixtures.wait import wait_until
 from tests.test_pipeline import OWN, config_file, mail  # noqa: F401 - config_file is a fixture
-
-DEADLINE = 30.0
-
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -33,7 +31,7 @@ def _free_port() -> int:
 
 def get(url: str) -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(url, timeout=5) as answer:
+        with urllib.request.urlopen(url, timeout=30) as answer:
             return answer.status, answer.read().decode()
     except urllib.error.HTTPError as err:
         return err.code, err.read().decode()
@@ -177,18 +175,19 @@ def test_running_daemon_serves_metrics_without_addresses_or_message_ids(config_f
     proc = subprocess.Popen([sys.executable, "-m", "syncd", "run", "-c", str(config_file)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
+    done = ("syncd_messages_total", (("mailbox", "sales"), ("state", "done")))
+    got: dict = {}
+
+    def counted_done() -> bool:
+        nonlocal got
+        try:
+            got = samples(get(base + "/metrics")[1])
+        except OSError:  # not listening yet
+            got = {}
+        return got.get(done, 0) == 1
+
     try:
-        deadline = time.monotonic() + DEADLINE
-        text = ""
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                text = get(base + "/metrics")[1]
-            except OSError:  # not listening yet
-                text = ""
-            if samples(text).get(("syncd_messages_total", (("mailbox", "sales"), ("state", "done"))), 0) == 1:
-                break
-            time.sleep(0.05)
-        got = samples(text)
+        wait_until(counted_done, "/metrics to count the message done", proc=proc)
         assert got[("syncd_messages_total", (("mailbox", "sales"), ("state", "done")))] == 1
         assert got[("syncd_crm_calls_total", (("endpoint", "associate_email"),))] == 1
         assert get(base + "/healthz")[0] == 200 and get(base + "/readyz")[0] == 200
