@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.request
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from syncd.sandbox import SandboxServer
 from syncd.settings import CrmSettings
 from tests.fixtures.dovecot import ImapUser
 from tests.fixtures.secret_scan import leaks, secrets_of
+from tests.fixtures.wait import wait_until
 from tests.test_pipeline import OWN, config_file, mail, syncd  # noqa: F401 - config_file is a fixture
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,17 +54,21 @@ def test_every_command_keeps_secrets_out_of_output_ledger_and_metrics(config_fil
     config_file.write_text(config_file.read_text() + f'\n[metrics]\nlisten = "{port}"\n')
     proc = subprocess.Popen([sys.executable, "-m", "syncd", "--log-level", "debug", "run", "-c", str(config_file)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = ""
+
+    def scraped() -> bool:
+        nonlocal metrics
+        try:
+            metrics = "".join(urllib.request.urlopen(f"http://127.0.0.1:{port}/{path}", timeout=30).read().decode()
+                              for path in ("metrics", "readyz"))
+        except OSError:  # not listening yet
+            return False
+        return True
+
     try:
-        deadline = time.monotonic() + 30
-        metrics = ""
-        while time.monotonic() < deadline and "scan1@x" not in {e.original_message_id for e in crm_server.received()}:
-            time.sleep(0.05)
-        while time.monotonic() < deadline and not metrics:
-            try:
-                metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-                metrics += urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5).read().decode()
-            except OSError:
-                time.sleep(0.05)
+        wait_until(lambda: "scan1@x" in {e.original_message_id for e in crm_server.received()},
+                   "the daemon to deliver scan1@x", proc=proc)
+        wait_until(scraped, "/metrics and /readyz to answer", proc=proc)
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=20)
