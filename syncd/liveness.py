@@ -59,17 +59,28 @@ class Liveness:
         finally:
             with self._changed:
                 self._reading.discard(mailbox)
+                self._changed.notify_all()
 
-    def settle(self, timeout: float | None = None) -> list[str] | None:
+    def settle(self, timeout: float | None = None, *, grace: float = 0.0) -> list[str] | None:
         """Wait until every running pass has ended or sits in a mail-source call; return the latter.
 
         Passes doing CRM or ledger work (a message in flight) are waited for; None if some still
-        are after ``timeout`` seconds.
+        are after ``timeout`` seconds. Passes in a mail-source call get ``grace`` seconds to end by
+        themselves: a healthy server answers the last FETCH or the LOGOUT in milliseconds, a hung one never.
         """
+        grace_ends = time.monotonic() + grace
         with self._changed:
-            if not self._changed.wait_for(lambda: set(self._running) <= self._reading, timeout):
-                return None
-            return sorted(self._running)
+            while True:
+                if not self._changed.wait_for(self._only_reading, timeout):
+                    return None
+                left = grace_ends - time.monotonic()
+                if not self._running or left <= 0:
+                    return sorted(self._running)
+                # Wakes when the passes end, or when one leaves its source call with work to finish.
+                self._changed.wait_for(lambda: not self._running or not self._only_reading(), left)
+
+    def _only_reading(self) -> bool:
+        return set(self._running) <= self._reading
 
     def stalled(self, limit: float) -> list[str]:
         """Mailboxes whose running pass has made no progress for more than ``limit`` seconds."""

@@ -14,6 +14,9 @@ from syncd.liveness import Liveness
 from syncd.notify import Notifier
 from syncd.pipeline import PassReport
 
+STOP_GRACE = 0.5
+"""Seconds a stopping daemon gives passes in a mail-source call to end by themselves before leaving them."""
+
 log = structlog.get_logger("syncd.scheduler")
 
 
@@ -58,7 +61,7 @@ def run_until_stopped(app: App, *, liveness: Liveness | None = None, notifier: N
     scheduler.shutdown(wait=False)
     # A pass waiting on its mail server has nothing half-done: leave it rather than wait out a
     # hung server's timeout. The caller exits the process; the next start reads that mail again.
-    left = liveness.settle() or []
+    left = liveness.settle(grace=STOP_GRACE) or []
     if left:
         log.info("left_reading", mailboxes=left, detail="their mail is read again at the next start; nothing was half-sent")
     log.info("stopped")

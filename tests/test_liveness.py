@@ -121,3 +121,34 @@ def test_watched_fetch_reads_only_while_waiting_for_the_next_message(tmp_path: P
     assert live.settle(timeout=0) is None  # the pass itself has not ended
     live.end("arch")
     assert live.settle(timeout=0) == []
+
+
+def test_settle_gives_passes_in_a_source_call_a_grace_to_end():
+    """A pass ending its source call within the grace (a LOGOUT answered) is waited for, not reported as left."""
+    live = Liveness()
+    live.begin("sales")
+    inside = threading.Event()
+    leave = threading.Event()
+
+    def logout_then_end() -> None:
+        with live.reading("sales"):
+            inside.set()
+            leave.wait(30)
+        live.end("sales")
+
+    worker = threading.Thread(target=logout_then_end)
+    worker.start()
+    inside.wait(30)
+    # The LOGOUT is answered while settle() already waits (a release before it would prove nothing).
+    answer = threading.Timer(0.2, leave.set)
+    answer.start()
+    assert live.settle(grace=30) == []
+    worker.join(30)
+
+
+def test_settle_leaves_a_pass_still_reading_when_the_grace_is_over():
+    """A pass still inside its source call (a hung server) after the grace is returned as left behind."""
+    live = Liveness()
+    live.begin("sales")
+    with live.reading("sales"):
+        assert live.settle(grace=0.01) == ["sales"]
