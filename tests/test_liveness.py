@@ -11,6 +11,7 @@ import pytest
 from syncd.liveness import Liveness
 from syncd.settings import MailboxSettings
 from syncd.source import open_source
+from tests.fixtures.wait import wait_until
 
 
 class Clock:
@@ -136,14 +137,22 @@ def test_settle_gives_passes_in_a_source_call_a_grace_to_end():
             leave.wait(30)
         live.end("sales")
 
+    def answer_while_settle_waits() -> None:
+        # The LOGOUT is answered once settle() waits in its grace (a release before it would prove nothing,
+        # and a timer cannot tell when that is): settle() is then a waiter of the Liveness condition.
+        wait_until(lambda: live._changed._waiters or settled, "settle() to wait in its grace")  # noqa: SLF001
+        leave.set()
+
+    settled: list[list[str] | None] = []
     worker = threading.Thread(target=logout_then_end)
     worker.start()
     inside.wait(30)
-    # The LOGOUT is answered while settle() already waits (a release before it would prove nothing).
-    answer = threading.Timer(0.2, leave.set)
+    answer = threading.Thread(target=answer_while_settle_waits)
     answer.start()
-    assert live.settle(grace=30) == []
+    settled.append(live.settle(grace=30))
+    answer.join(60)
     worker.join(30)
+    assert settled == [[]]
 
 
 def test_settle_leaves_a_pass_still_reading_when_the_grace_is_over():
